@@ -1,0 +1,43 @@
+# batchscore: `make demo` sets everything up and runs the nightly job; `make test` runs the whole suite.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export BATCHSCORE_HOME ?= $(CURDIR)/.batchscore
+
+.PHONY: setup demo test lint typecheck pytest lock clean
+
+# Virtualenv with the exact versions of constraints.txt (pip's cache is reused between machines' runs).
+$(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade "pip>=24"
+	$(PY) -m pip install -c constraints.txt -e '.[dev,airflow]'
+	touch $@
+
+# Delta Lake's JVM jars, resolved once from Maven Central into $(BATCHSCORE_HOME)/jars.
+$(BATCHSCORE_HOME)/jars/MANIFEST: $(VENV)/.installed
+	$(BIN)/batchscore setup
+
+setup: $(VENV)/.installed $(BATCHSCORE_HOME)/jars/MANIFEST
+
+demo: setup
+	$(BIN)/batchscore demo
+
+lint: setup
+	$(BIN)/ruff check jobs udfs tests bench
+	$(BIN)/ruff format --check jobs udfs tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+lock: $(VENV)/.installed
+	{ echo '# Exact versions seen to install together (python 3.11, linux x86_64). Regenerate with `make lock`.'; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^batchscore'; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) .batchscore .pytest_cache .mypy_cache .ruff_cache

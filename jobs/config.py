@@ -1,0 +1,208 @@
+"""Job and Spark-profile configuration: YAML files validated on load.
+
+A wrong key or type is a :class:`~jobs.errors.ConfigError` naming the key and the file. ``${VAR}`` and
+``${VAR:-default}`` in string values are taken from the environment, so secrets and cluster paths stay out
+of the files. ``--set a.b=value`` overrides are applied before validation, so they are checked too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jobs.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(StrictModel):
+    uri: str = Field(description="models:/name@alias, models:/name/version or runs:/run_id/path")
+    batch_size: int = Field(4096, ge=1, description="rows per model call, independent of Arrow batches")
+    prediction_column: str = Field("prediction", description="output name when the signature has none")
+    device: str = Field("auto", description="auto (task GPU, else CPU), cpu, cuda or cuda:N")
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, uri: str) -> str:
+        if not uri.startswith(("models:/", "runs:/")):
+            raise ValueError(f"expected a models:/ or runs:/ URI, found {uri!r}")
+        return uri
+
+
+class TableSection(StrictModel):
+    """A table given either by ``path`` (Delta/Parquet location) or by catalog ``table`` name."""
+
+    path: str | None = None
+    table: str | None = None
+    partition_column: str | None = "ds"
+
+    @model_validator(mode="after")
+    def _exactly_one_location(self) -> TableSection:
+        if (self.path is None) == (self.table is None):
+            raise ValueError(
+                f"expected exactly one of 'path' or 'table', found path={self.path!r}, table={self.table!r}"
+            )
+        return self
+
+    def describe(self) -> str:
+        from jobs.home import resolve_location
+
+        return self.table if self.table is not None else f"path {resolve_location(self.path or '')}"
+
+
+class InputSection(TableSection):
+    format: Literal["delta", "parquet"] = "delta"
+    feature_columns: list[str] | None = Field(
+        None, description="defaults to the column names of the model's input signature"
+    )
+
+
+class OutputSection(TableSection):
+    key_columns: list[str] = Field(min_length=1)
+    passthrough_columns: list[str] = Field(default_factory=list)
+
+
+class MlflowSection(StrictModel):
+    tracking_uri: str | None = Field(None, description="default: SQLite in BATCHSCORE_HOME")
+    registry_uri: str | None = Field(None, description="default: the tracking URI")
+    experiment: str = "batchscore"
+    artifact_location: str | None = Field(None, description="for a new experiment; default: home/mlartifacts")
+    log_run: bool = True
+
+
+class SparkSection(StrictModel):
+    profile: str = "local"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class ScoringJobConfig(StrictModel):
+    """One scoring job: ``conf/jobs/<name>.yaml``."""
+
+    name: str
+    model: ModelSection
+    input: InputSection
+    output: OutputSection
+    mlflow: MlflowSection = Field(default_factory=MlflowSection)
+    spark: SparkSection = Field(default_factory=SparkSection)
+
+
+class SparkProfile(StrictModel):
+    """A named Spark setup: ``conf/spark/<profile>.yaml``."""
+
+    master: str | None = Field(None, description="omit to let spark-submit or the cluster decide")
+    app_name: str = "batchscore"
+    delta: bool = Field(True, description="add Delta Lake's cached jars and SQL extensions")
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _stringify(cls, conf: Any) -> Any:
+        if isinstance(conf, Mapping):
+            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in conf.items()}
+        return conf
+
+
+def expand_env(value: Any) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML document."""
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {name!r} is referenced but not set")
+
+        return _ENV_REF.sub(lookup, value)
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    return value
+
+
+def apply_overrides(document: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; values are parsed as YAML scalars (``3`` is an int)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected an override of the form key.path=value, found {item!r}")
+        node = document
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return document
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {type(document).__name__}")
+    return document
+
+
+def _validation_message(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key")
+        elif error["type"] == "missing":
+            lines.append(f"  - {key}: required key is missing")
+        else:
+            lines.append(f"  - {key}: {error['msg']} (found {error.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_job_config(path: str | Path, overrides: Iterable[str] = ()) -> ScoringJobConfig:
+    """Load and validate a scoring job config, applying ``--set`` overrides first."""
+    path = Path(path)
+    document = apply_overrides(expand_env(_read_yaml(path)), overrides)
+    try:
+        return ScoringJobConfig.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigError(_validation_message(path, exc)) from None
+
+
+def conf_dir() -> Path:
+    """The folder of named configs: ``$BATCHSCORE_CONF_DIR`` or the project's ``conf/``."""
+    return Path(os.environ.get("BATCHSCORE_CONF_DIR") or CONF_DIR)
+
+
+def load_spark_profile(name_or_path: str) -> SparkProfile:
+    """Load a Spark profile by name (``conf/spark/<name>.yaml``) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = conf_dir() / "spark" / f"{name_or_path}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in (conf_dir() / "spark").glob("*.yaml"))
+            raise ConfigError(f"unknown Spark profile {name_or_path!r}; expected one of {known}")
+    try:
+        return SparkProfile.model_validate(expand_env(_read_yaml(path)))
+    except ValidationError as exc:
+        raise ConfigError(_validation_message(path, exc)) from None

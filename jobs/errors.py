@@ -1,0 +1,31 @@
+"""User-facing errors: each message names what was expected and what was found."""
+
+from __future__ import annotations
+
+
+class BatchscoreError(Exception):
+    """Base class for errors caused by configuration, input or environment, not by a bug."""
+
+
+class ConfigError(BatchscoreError, ValueError):
+    """A config file is missing, unparsable, or has an unknown key or a wrong type."""
+
+
+class DeltaJarsMissingError(BatchscoreError, RuntimeError):
+    """Delta Lake's JVM jars are not in the local cache or not on the driver's classpath."""
+
+
+class ModelResolutionError(BatchscoreError, LookupError):
+    """A model URI names no model, version, alias or run in the configured registry."""
+
+
+class SignatureError(BatchscoreError, ValueError):
+    """A model's MLflow signature is missing or cannot describe the output columns."""
+
+
+class SchemaMismatchError(BatchscoreError, ValueError):
+    """The input table lacks columns the job or the model needs."""
+
+
+class TableLocationError(BatchscoreError, ValueError):
+    """A table name, path or partition value is not valid."""

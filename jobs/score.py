@@ -1,0 +1,228 @@
+"""The nightly scoring job: read a partition, score it with a pinned MLflow model, write it idempotently.
+
+``batchscore score --config conf/jobs/<job>.yaml [--ds YYYY-MM-DD] [--set key=value]…`` or
+``spark-submit --jars $(batchscore jars) jobs/score.py …`` (``batchscore submit score …`` does that).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    # Run as a script (spark-submit jobs/score.py): our module names must not shadow top-level packages.
+    sys.path.pop(0)
+
+import argparse
+import datetime as dt
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from jobs.config import ScoringJobConfig, load_job_config
+from jobs.errors import BatchscoreError, SchemaMismatchError
+from jobs.home import resolve_location
+from jobs.registry import ResolvedModel, output_fields, resolve_model, signature_input_names
+from jobs.session import spark_session
+from jobs.tables import committed_rows, read_input, write_idempotent
+from jobs.tracking import job_run, tracking_target
+from udfs.scorer import make_arrow_scorer
+from udfs.spec import ModelRef, OutputField, ScoringPlan
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import DataType
+
+log = logging.getLogger("batchscore.score")
+
+LINEAGE_COLUMNS = ("model_name", "model_version", "model_run_id", "scored_at", "job_run_id")
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What every output row records about how it was scored."""
+
+    model_name: str | None
+    model_version: str | None
+    model_run_id: str | None
+    scored_at: dt.datetime
+    job_run_id: str
+
+    @classmethod
+    def for_model(cls, ref: ModelRef, job_run_id: str, scored_at: dt.datetime | None = None) -> Lineage:
+        return cls(ref.name, ref.version, ref.run_id, scored_at or dt.datetime.now(dt.UTC), job_run_id)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    rows_scored: int
+    duration_s: float
+    output: str
+    model_uri: str
+    model_version: str | None
+    job_run_id: str
+    ds: str | None
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_scored / self.duration_s if self.duration_s > 0 else 0.0
+
+
+def _unique(names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
+
+
+def build_plan(resolved: ResolvedModel, cfg: ScoringJobConfig, input_columns: Sequence[str]) -> ScoringPlan:
+    """Decide the feature, pass-through and prediction columns, checking the input has what they need."""
+    features = tuple(cfg.input.feature_columns or signature_input_names(resolved))
+    if not features:
+        raise SchemaMismatchError(
+            f"model {resolved.ref.load_uri} has no column-based input signature; "
+            "set input.feature_columns to the columns to feed it"
+        )
+    partition = [cfg.output.partition_column] if cfg.output.partition_column else []
+    passthrough = _unique([*cfg.output.key_columns, *cfg.output.passthrough_columns, *partition])
+    missing = [c for c in _unique([*features, *passthrough]) if c not in input_columns]
+    if missing:
+        raise SchemaMismatchError(
+            f"input {cfg.input.describe()} lacks column(s) {missing}; found {list(input_columns)}"
+        )
+    outputs = output_fields(resolved, cfg.model.prediction_column)
+    clashes = [o.name for o in outputs if o.name in passthrough or o.name in LINEAGE_COLUMNS]
+    if clashes:
+        raise SchemaMismatchError(
+            f"prediction column(s) {clashes} clash with key/pass-through/lineage columns; "
+            "rename them in output config or model.prediction_column"
+        )
+    return ScoringPlan(
+        feature_columns=features,
+        passthrough_columns=passthrough,
+        outputs=outputs,
+        batch_size=cfg.model.batch_size,
+        device=cfg.model.device,
+        input_names=signature_input_names(resolved),
+    )
+
+
+def _spark_type(field: OutputField) -> DataType:
+    from pyspark.sql import types as T
+
+    scalar: dict[str, Any] = {
+        "float32": T.FloatType(),
+        "float64": T.DoubleType(),
+        "int32": T.IntegerType(),
+        "int64": T.LongType(),
+        "bool": T.BooleanType(),
+    }
+    base = scalar[field.dtype]
+    return T.ArrayType(base, containsNull=False) if field.kind == "vector" else base
+
+
+def transform(df: DataFrame, ref: ModelRef, plan: ScoringPlan, lineage: Lineage) -> DataFrame:
+    """Score ``df``: pass-through columns, prediction columns, then the lineage columns.
+
+    Pure: no I/O beyond what Spark does lazily, so tests run it on small inline DataFrames.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    fields = [df.schema[name] for name in plan.passthrough_columns]
+    fields += [T.StructField(out.name, _spark_type(out), nullable=False) for out in plan.outputs]
+    selected = df.select(*_unique([*plan.passthrough_columns, *plan.feature_columns]))
+    scored = selected.mapInArrow(make_arrow_scorer(ref, plan), T.StructType(fields))
+    return scored.withColumns(
+        {
+            "model_name": F.lit(lineage.model_name).cast("string"),
+            "model_version": F.lit(lineage.model_version).cast("string"),
+            "model_run_id": F.lit(lineage.model_run_id).cast("string"),
+            "scored_at": F.lit(lineage.scored_at).cast("timestamp"),
+            "job_run_id": F.lit(lineage.job_run_id),
+        }
+    )
+
+
+def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> ScoreResult:
+    """Resolve the model, read, transform and write one run of the job; log it to MLflow."""
+    started = time.perf_counter()
+    target = tracking_target(cfg.mlflow)
+    resolved = resolve_model(cfg.model.uri, target.tracking_uri, target.registry_uri)
+    ref = resolved.ref
+    log.info("model %s pinned to %s (run %s)", ref.requested_uri, ref.load_uri, ref.run_id)
+    df = read_input(spark, cfg.input, ds)
+    plan = build_plan(resolved, cfg, df.columns)
+    output = cfg.output.table or resolve_location(cfg.output.path or "")
+    with job_run(cfg.mlflow, run_name=f"{cfg.name}-{ds or 'all'}") as tracker:
+        tracker.log_params(
+            {
+                "job": cfg.name,
+                "model_uri": ref.requested_uri,
+                "model_load_uri": ref.load_uri,
+                "model_version": ref.version,
+                "model_run_id": ref.run_id,
+                "input": cfg.input.table or resolve_location(cfg.input.path or ""),
+                "output": output,
+                "ds": ds,
+                "batch_size": plan.batch_size,
+            }
+        )
+        scored = transform(df, ref, plan, Lineage.for_model(ref, tracker.run_id))
+        log.info("scoring %s into %s", cfg.input.describe(), output)
+        write_idempotent(scored, cfg.output, ds, commit_tag=tracker.run_id)
+        rows = committed_rows(spark, cfg.output, tracker.run_id)
+        duration = time.perf_counter() - started
+        result = ScoreResult(rows, duration, output, ref.requested_uri, ref.version, tracker.run_id, ds)
+        tracker.log_metrics({"rows_scored": rows, "duration_s": duration, "rows_per_s": result.rows_per_s})
+    if rows == 0:
+        log.warning("partition %s of %s had no rows; wrote an empty partition", ds, cfg.input.describe())
+    log.info("scored %d rows in %.1f s (%.0f rows/s)", rows, duration, result.rows_per_s)
+    return result
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="batchscore score", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="job config YAML, e.g. conf/jobs/fraud_nightly.yaml")
+    parser.add_argument("--ds", help="partition to score, YYYY-MM-DD (default: the whole input)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set model.batch_size=8192 (repeatable)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "urllib3", "alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``batchscore score`` and ``spark-submit jobs/score.py``.
+
+    Returns 0 on success and 2 on a user error (bad config, unknown model, missing input), logged without
+    a traceback.
+    """
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        cfg = load_job_config(args.config, args.overrides)
+        with spark_session(cfg.spark.profile, cfg.spark.conf) as spark:
+            result = run(spark, cfg, args.ds)
+    except BatchscoreError as exc:
+        log.error("%s", exc)
+        return 2
+    print(
+        f"scored {result.rows_scored} rows with {result.model_uri} (version {result.model_version}) "
+        f"into {result.output} in {result.duration_s:.1f} s; job run {result.job_run_id}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""Picklable descriptions shipped from the driver to the workers: which model, columns and outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+OutputKind = Literal["scalar", "vector"]
+
+# numpy dtype name -> Spark SQL type name, for the outputs we write.
+SPARK_TYPES: dict[str, str] = {
+    "float32": "float",
+    "float64": "double",
+    "int32": "int",
+    "int64": "bigint",
+    "bool": "boolean",
+}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model pinned on the driver: executors load exactly ``load_uri`` and never resolve an alias.
+
+    ``requested_uri`` is what the user asked for (``models:/fraud@champion``); ``load_uri`` names one
+    immutable version (``models:/fraud/3``) or run artifact (``runs:/<id>/model``).
+    """
+
+    requested_uri: str
+    load_uri: str
+    name: str | None
+    version: str | None
+    run_id: str | None
+    artifact_uri: str
+    flavor: Literal["pytorch", "pyfunc"]
+    tracking_uri: str
+    registry_uri: str
+
+    @property
+    def cache_key(self) -> str:
+        """Key for the per-worker model cache: the pinned location, never the alias."""
+        return self.load_uri
+
+
+@dataclass(frozen=True)
+class OutputField:
+    """One prediction column: the model's output column ``index`` (scalar) or all of it (vector)."""
+
+    name: str
+    dtype: str  # numpy dtype name, a key of SPARK_TYPES
+    kind: OutputKind = "scalar"
+    index: int = 0
+
+    @property
+    def spark_type(self) -> str:
+        base = SPARK_TYPES[self.dtype]
+        return f"array<{base}>" if self.kind == "vector" else base
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """What a worker does with each Arrow batch: features in, pass-through and prediction columns out."""
+
+    feature_columns: tuple[str, ...]
+    passthrough_columns: tuple[str, ...]
+    outputs: tuple[OutputField, ...]
+    batch_size: int = 4096
+    device: str = "auto"
+    input_names: tuple[str, ...] = field(default=())  # column names a pyfunc model expects, in order
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, found {self.batch_size}")
+        if not self.feature_columns:
+            raise ValueError("a scoring plan needs at least one feature column, found none")
+        if not self.outputs:
+            raise ValueError("a scoring plan needs at least one output column, found none")
