@@ -6,6 +6,8 @@ import :mod:`udfs` cheaply and the scoring loop stays usable without mlflow.
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Any, Protocol
 
 import numpy as np
@@ -68,6 +70,8 @@ def load_predictor(ref: ModelRef, plan: ScoringPlan, device: str) -> Predictor:
         import mlflow.pytorch
 
         module = mlflow.pytorch.load_model(ref.load_uri, map_location=device)
-        module.eval()
+        # torch.export (pt2) modules are already inference graphs and refuse eval().
+        with contextlib.suppress(NotImplementedError):
+            module.eval()
         return TorchPredictor(module, device, plan.feature_columns)
     return PyfuncPredictor(mlflow.pyfunc.load_model(ref.load_uri), plan.feature_columns, plan.input_names)

@@ -1,0 +1,135 @@
+"""Models other than the demo's pickled torch MLP: a plain pyfunc model and a torch.export (pt2) model
+with a tensor signature and a vector output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from jobs.demo import FEATURES
+from jobs.registry import resolve_model
+from jobs.score import Lineage, build_plan, transform
+from tests.conftest import DATES, Registry
+from tests.helpers import assert_close, job_config
+
+WEIGHTS = np.linspace(-1.0, 1.0, len(FEATURES))
+
+
+class LinearRisk(mlflow.pyfunc.PythonModel):
+    """A non-torch model: a weighted sum of the features and its square."""
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        score = model_input[list(FEATURES)].to_numpy() @ WEIGHTS
+        return pd.DataFrame({"risk": score, "risk_sq": score**2})
+
+
+def _register(name: str, log) -> str:
+    mlflow.set_experiment("test-flavors")
+    with mlflow.start_run():
+        info = log()
+    from mlflow import MlflowClient
+
+    version = MlflowClient().create_model_version(name, info.model_uri, info.run_id).version
+    return str(version)
+
+
+@pytest.fixture(scope="module")
+def pyfunc_version(registry: Registry) -> str:
+    from mlflow import MlflowClient
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    MlflowClient().create_registered_model("linear_risk")
+    signature = ModelSignature(
+        Schema([ColSpec("double", f) for f in FEATURES]),
+        Schema([ColSpec("double", "risk"), ColSpec("double", "risk_sq")]),
+    )
+    return _register(
+        "linear_risk",
+        lambda: mlflow.pyfunc.log_model(name="model", python_model=LinearRisk(), signature=signature),
+    )
+
+
+def test_pyfunc_model_with_two_named_outputs(
+    spark, registry: Registry, input_path: str, tmp_path: Path, pyfunc_version: str
+) -> None:
+    cfg = job_config(
+        input_path, str(tmp_path / "out"), uri=f"models:/linear_risk/{pyfunc_version}", batch_size=50
+    )
+    resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
+    assert resolved.ref.flavor == "pyfunc"
+    df = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[0]}'")
+    scored = transform(
+        df, resolved.ref, build_plan(resolved, cfg, df.columns), Lineage.for_model(resolved.ref, "j")
+    )
+    assert dict(scored.dtypes)["risk"] == "double"
+    result = scored.toPandas()
+    source = df.toPandas().set_index("transaction_id").loc[result["transaction_id"]]
+    expected = source[list(FEATURES)].to_numpy() @ WEIGHTS
+    assert_close(result["risk"].to_numpy(), expected)
+    assert_close(result["risk_sq"].to_numpy(), expected**2)
+
+
+@pytest.fixture(scope="module")
+def pt2_version(registry: Registry) -> tuple[str, object]:
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(len(FEATURES), 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    ).eval()
+    signature = ModelSignature(
+        Schema([TensorSpec(np.dtype("float32"), (-1, len(FEATURES)))]),
+        Schema([TensorSpec(np.dtype("float32"), (-1, 3))]),
+    )
+    example = np.zeros((4, len(FEATURES)), dtype=np.float32)
+    MlflowClient().create_registered_model("embedder")
+    version = _register(
+        "embedder",
+        lambda: mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example),
+    )
+    return version, model
+
+
+def test_torch_export_model_with_vector_output(
+    spark, registry: Registry, input_path: str, tmp_path: Path, pt2_version: tuple[str, object]
+) -> None:
+    import torch
+
+    version, model = pt2_version
+    cfg = job_config(
+        input_path, str(tmp_path / "out"), uri=f"models:/embedder/{version}", prediction_column="emb"
+    )
+    cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"feature_columns": list(FEATURES)})})
+    resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
+    df = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[1]}'")
+    scored = transform(
+        df, resolved.ref, build_plan(resolved, cfg, df.columns), Lineage.for_model(resolved.ref, "j")
+    )
+    assert dict(scored.dtypes)["emb"] == "array<float>"
+    result = scored.toPandas()
+    source = df.toPandas().set_index("transaction_id").loc[result["transaction_id"]]
+    with torch.no_grad():
+        expected = model(torch.tensor(source[list(FEATURES)].to_numpy(), dtype=torch.float32)).numpy()
+    # float32 matmuls over different batch shapes round differently; compare at float32 precision.
+    assert_close(np.stack(result["emb"].to_numpy()), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_tensor_signature_without_feature_columns_is_an_error(
+    registry: Registry, input_path: str, tmp_path: Path, pt2_version: tuple[str, object]
+) -> None:
+    from jobs.errors import SchemaMismatchError
+
+    cfg = job_config(input_path, str(tmp_path / "out"), uri=f"models:/embedder/{pt2_version[0]}")
+    resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
+    with pytest.raises(SchemaMismatchError, match=r"set input\.feature_columns"):
+        build_plan(resolved, cfg, ["transaction_id", "label", "ds", *FEATURES])

@@ -1,0 +1,141 @@
+"""The scoring job on real Spark, Delta and MLflow: correctness, alias pinning, idempotency, lineage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from delta.tables import DeltaTable
+
+from jobs.errors import SchemaMismatchError
+from jobs.registry import resolve_model
+from jobs.score import LINEAGE_COLUMNS, Lineage, build_plan, run, transform
+from tests.conftest import DATES, ROWS_PER_DAY, Registry
+from tests.helpers import assert_close, job_config, reference_scores
+
+
+def test_scores_equal_mlflow_pyfunc(spark, registry: Registry, input_path: str, tmp_path: Path) -> None:
+    cfg = job_config(input_path, str(tmp_path / "out"), batch_size=64)
+    resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
+    df = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[0]}'")
+    plan = build_plan(resolved, cfg, df.columns)
+    scored = transform(df, resolved.ref, plan, Lineage.for_model(resolved.ref, "job-1")).toPandas()
+
+    expected = df.toPandas().sort_values("transaction_id").reset_index(drop=True)
+    scored = scored.sort_values("transaction_id").reset_index(drop=True)
+    assert list(scored.columns) == ["transaction_id", "label", "ds", "fraud_score", *LINEAGE_COLUMNS]
+    assert scored["transaction_id"].tolist() == expected["transaction_id"].tolist()
+    assert scored["label"].tolist() == expected["label"].tolist()
+    reference = reference_scores(f"models:/fraud/{registry.champion}", expected)
+    assert_close(scored[["fraud_score"]].to_numpy(), reference)
+    assert set(scored["model_version"]) == {registry.champion}
+    assert set(scored["model_name"]) == {"fraud"}
+    assert set(scored["job_run_id"]) == {"job-1"}
+    assert scored["model_run_id"].nunique() == 1 and scored["model_run_id"][0]
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 100_000])
+def test_model_batch_size_does_not_change_scores(
+    spark, registry: Registry, input_path: str, tmp_path: Path, batch_size: int
+) -> None:
+    cfg = job_config(input_path, str(tmp_path / "out"), batch_size=batch_size)
+    resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
+    df = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[1]}'").limit(50)
+    plan = build_plan(resolved, cfg, df.columns)
+    scored = transform(df, resolved.ref, plan, Lineage.for_model(resolved.ref, "j")).toPandas()
+    source = df.toPandas().set_index("transaction_id").loc[scored["transaction_id"]]
+    assert len(scored) == 50
+    assert_close(
+        scored[["fraud_score"]].to_numpy(), reference_scores(f"models:/fraud/{registry.champion}", source)
+    )
+
+
+def test_alias_moved_after_resolution_does_not_change_the_job(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(registry.tracking_uri)
+    cfg = job_config(input_path, str(tmp_path / "out"))
+    resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
+    assert resolved.ref.version == registry.champion
+    client.set_registered_model_alias("fraud", "champion", registry.challenger)
+    try:
+        df = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[2]}'")
+        plan = build_plan(resolved, cfg, df.columns)
+        scored = transform(df, resolved.ref, plan, Lineage.for_model(resolved.ref, "j")).toPandas()
+    finally:
+        client.set_registered_model_alias("fraud", "champion", registry.champion)
+    source = df.toPandas().set_index("transaction_id").loc[scored["transaction_id"]]
+    assert set(scored["model_version"]) == {registry.champion}
+    pinned = reference_scores(f"models:/fraud/{registry.champion}", source)
+    moved = reference_scores(f"models:/fraud/{registry.challenger}", source)
+    assert_close(scored[["fraud_score"]].to_numpy(), pinned)
+    assert not np.allclose(pinned, moved, rtol=1e-3), "the two registered models must really differ"
+
+
+def _partition(spark, path: str, ds: str):
+    return (
+        spark.read.format("delta").load(path).where(f"ds = '{ds}'").toPandas().sort_values("transaction_id")
+    )
+
+
+def test_rerun_replaces_exactly_one_partition_in_one_commit(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    out = str(tmp_path / "scores")
+    cfg = job_config(input_path, out)
+    first = run(spark, cfg, DATES[0])
+    other = run(spark, cfg, DATES[1])
+    assert first.rows_scored == other.rows_scored == ROWS_PER_DAY
+    before_first, before_other = _partition(spark, out, DATES[0]), _partition(spark, out, DATES[1])
+    version_before = DeltaTable.forPath(spark, out).history(1).collect()[0]["version"]
+
+    again = run(spark, cfg, DATES[0])
+
+    history = DeltaTable.forPath(spark, out).history(1).collect()[0]
+    assert history["version"] == version_before + 1, "a rerun is exactly one Delta commit"
+    assert history["userMetadata"] == again.job_run_id
+    assert DATES[0] in history["operationParameters"]["predicate"]
+    after_first, after_other = _partition(spark, out, DATES[0]), _partition(spark, out, DATES[1])
+    assert len(after_first) == ROWS_PER_DAY, "no duplicates after a rerun"
+    assert after_first["transaction_id"].tolist() == before_first["transaction_id"].tolist()
+    assert_close(after_first[["fraud_score"]].to_numpy(), before_first[["fraud_score"]].to_numpy(), rtol=0)
+    assert set(after_first["job_run_id"]) == {again.job_run_id} != {first.job_run_id}
+    # The other partition is untouched: same rows, same lineage.
+    assert after_other.reset_index(drop=True).equals(before_other.reset_index(drop=True))
+    assert spark.read.format("delta").load(out).count() == 2 * ROWS_PER_DAY
+
+
+def test_run_logs_params_and_metrics_to_mlflow(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    cfg = job_config(input_path, str(tmp_path / "out"))
+    result = run(spark, cfg, DATES[2])
+    logged = MlflowClient(registry.tracking_uri).get_run(result.job_run_id).data
+    assert logged.params["model_uri"] == "models:/fraud@champion"
+    assert logged.params["model_version"] == registry.champion
+    assert logged.params["ds"] == DATES[2]
+    assert logged.params["output"] == str(tmp_path / "out")
+    assert logged.metrics["rows_scored"] == ROWS_PER_DAY
+    assert logged.metrics["duration_s"] > 0
+    assert logged.metrics["rows_per_s"] == pytest.approx(ROWS_PER_DAY / logged.metrics["duration_s"])
+
+
+def test_empty_partition_scores_zero_rows(spark, registry: Registry, input_path: str, tmp_path: Path) -> None:
+    result = run(spark, job_config(input_path, str(tmp_path / "out")), "2020-01-01")
+    assert result.rows_scored == 0
+    assert spark.read.format("delta").load(str(tmp_path / "out")).count() == 0
+
+
+def test_missing_feature_column_fails_before_writing(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    cfg = job_config(input_path, str(tmp_path / "out"))
+    resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
+    df = spark.read.format("delta").load(input_path).drop("f3", "f7")
+    with pytest.raises(SchemaMismatchError, match=r"lacks column\(s\) \['f3', 'f7'\]"):
+        build_plan(resolved, cfg, df.columns)
