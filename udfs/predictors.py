@@ -7,7 +7,6 @@ import :mod:`udfs` cheaply and the scoring loop stays usable without mlflow.
 from __future__ import annotations
 
 import contextlib
-
 from typing import Any, Protocol
 
 import numpy as np
