@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jobs.config import ScoringJobConfig, load_job_config
-from jobs.errors import BatchscoreError, SchemaMismatchError
+from jobs.errors import BatchscoreError, SchemaMismatchError, TableLocationError
 from jobs.home import resolve_location
 from jobs.registry import ResolvedModel, output_fields, resolve_model, signature_input_names
 from jobs.session import spark_session
@@ -150,6 +150,11 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
     resolved = resolve_model(cfg.model.uri, target.tracking_uri, target.registry_uri)
     ref = resolved.ref
     log.info("model %s pinned to %s (run %s)", ref.requested_uri, ref.load_uri, ref.run_id)
+    if ds is not None and cfg.output.partition_column is None:
+        raise TableLocationError(
+            f"output {cfg.output.describe()}: --ds was given but output.partition_column is not set; "
+            "a nightly run must replace one partition, not the whole table"
+        )
     df = read_input(spark, cfg.input, ds)
     plan = build_plan(resolved, cfg, df.columns)
     output = cfg.output.table or resolve_location(cfg.output.path or "")

@@ -74,8 +74,13 @@ def write_idempotent(df: DataFrame, section: OutputSection, ds: str | None, comm
     overwrite (every partition present in ``df`` is replaced). ``commit_tag`` goes into the commit's
     ``userMetadata`` so the job can find its own commit in the table history.
     """
-    writer = df.write.format("delta").mode("overwrite").option("userMetadata", commit_tag)
     column = section.partition_column
+    if ds is not None and column is None:
+        raise TableLocationError(
+            f"output {section.describe()}: --ds was given but output.partition_column is not set; "
+            "refusing to overwrite the whole table with one partition's rows"
+        )
+    writer = df.write.format("delta").mode("overwrite").option("userMetadata", commit_tag)
     if column is not None:
         writer = writer.partitionBy(validate_column(column))
         if ds is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,24 @@ def test_missing_feature_column_fails_before_writing(
     df = spark.read.format("delta").load(input_path).drop("f3", "f7")
     with pytest.raises(SchemaMismatchError, match=r"lacks column\(s\) \['f3', 'f7'\]"):
         build_plan(resolved, cfg, df.columns)
+
+
+def test_ds_with_unpartitioned_output_is_refused_before_any_work(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    from jobs.errors import TableLocationError
+
+    cfg = job_config(input_path, str(tmp_path / "out"))
+    cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"partition_column": None})})
+    with pytest.raises(TableLocationError, match="output.partition_column is not set"):
+        run(spark, cfg, DATES[0])
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_ds_is_rejected(spark, registry: Registry, input_path: str, tmp_path: Path) -> None:
+    from jobs.errors import TableLocationError
+
+    with pytest.raises(
+        TableLocationError, match="expected --ds as YYYY-MM-DD, found \"2026-11-29' OR '1'='1\""
+    ):
+        run(spark, job_config(input_path, str(tmp_path / "out")), "2026-11-29' OR '1'='1")
