@@ -37,3 +37,26 @@ def reference_scores(model_uri: str, frame: pd.DataFrame) -> np.ndarray:
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-6, atol: float = 1e-12) -> None:
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+def score_partition(
+    spark: Any,
+    cfg: ScoringJobConfig,
+    tracking_uri: str,
+    input_path: str,
+    ds: str,
+    *,
+    resolved: Any = None,
+    limit: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run ``transform`` on one input partition; return the scored rows and their source rows, aligned."""
+    from jobs.registry import resolve_model
+    from jobs.score import Lineage, build_plan, transform
+
+    resolved = resolved or resolve_model(cfg.model.uri, tracking_uri)
+    partition = spark.read.format("delta").load(input_path).where(f"ds = '{ds}'")
+    df = partition.limit(limit) if limit else partition
+    plan = build_plan(resolved, cfg, df.columns)
+    scored = transform(df, resolved.ref, plan, Lineage.for_model(resolved.ref, "job-1")).toPandas()
+    source = partition.toPandas().set_index("transaction_id").loc[scored["transaction_id"]].reset_index()
+    return scored, source

@@ -12,9 +12,9 @@ import pytest
 
 from jobs.demo import FEATURES
 from jobs.registry import resolve_model
-from jobs.score import Lineage, build_plan, transform
+from jobs.score import build_plan
 from tests.conftest import DATES, Registry
-from tests.helpers import assert_close, job_config
+from tests.helpers import assert_close, job_config, score_partition
 
 WEIGHTS = np.linspace(-1.0, 1.0, len(FEATURES))
 
@@ -61,15 +61,9 @@ def test_pyfunc_model_with_two_named_outputs(
     cfg = job_config(
         input_path, str(tmp_path / "out"), uri=f"models:/linear_risk/{pyfunc_version}", batch_size=50
     )
-    resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
-    assert resolved.ref.flavor == "pyfunc"
-    df = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[0]}'")
-    scored = transform(
-        df, resolved.ref, build_plan(resolved, cfg, df.columns), Lineage.for_model(resolved.ref, "j")
-    )
-    assert dict(scored.dtypes)["risk"] == "double"
-    result = scored.toPandas()
-    source = df.toPandas().set_index("transaction_id").loc[result["transaction_id"]]
+    assert resolve_model(cfg.model.uri, registry.tracking_uri).ref.flavor == "pyfunc"
+    result, source = score_partition(spark, cfg, registry.tracking_uri, input_path, DATES[0])
+    assert result["risk"].dtype == np.float64
     expected = source[list(FEATURES)].to_numpy() @ WEIGHTS
     assert_close(result["risk"].to_numpy(), expected)
     assert_close(result["risk_sq"].to_numpy(), expected**2)
@@ -110,17 +104,11 @@ def test_torch_export_model_with_vector_output(
         input_path, str(tmp_path / "out"), uri=f"models:/embedder/{version}", prediction_column="emb"
     )
     cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"feature_columns": list(FEATURES)})})
-    resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
-    df = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[1]}'")
-    scored = transform(
-        df, resolved.ref, build_plan(resolved, cfg, df.columns), Lineage.for_model(resolved.ref, "j")
-    )
-    assert dict(scored.dtypes)["emb"] == "array<float>"
-    result = scored.toPandas()
-    source = df.toPandas().set_index("transaction_id").loc[result["transaction_id"]]
+    result, source = score_partition(spark, cfg, registry.tracking_uri, input_path, DATES[1])
     with torch.no_grad():
         expected = model(torch.tensor(source[list(FEATURES)].to_numpy(), dtype=torch.float32)).numpy()
     # float32 matmuls over different batch shapes round differently; compare at float32 precision.
+    assert result["emb"][0].dtype == np.float32 and len(result["emb"][0]) == 3  # array<float>
     assert_close(np.stack(result["emb"].to_numpy()), expected, rtol=1e-5, atol=1e-6)
 
 

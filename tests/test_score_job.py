@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from jobs.errors import SchemaMismatchError
 from jobs.registry import resolve_model
 from jobs.score import LINEAGE_COLUMNS, Lineage, build_plan, run, transform
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
-from tests.helpers import assert_close, job_config, reference_scores
+from tests.helpers import assert_close, job_config, reference_scores, score_partition
 
 
 def test_scores_equal_mlflow_pyfunc(spark, registry: Registry, input_path: str, tmp_path: Path) -> None:
@@ -41,11 +40,7 @@ def test_model_batch_size_does_not_change_scores(
     spark, registry: Registry, input_path: str, tmp_path: Path, batch_size: int
 ) -> None:
     cfg = job_config(input_path, str(tmp_path / "out"), batch_size=batch_size)
-    resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
-    df = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[1]}'").limit(50)
-    plan = build_plan(resolved, cfg, df.columns)
-    scored = transform(df, resolved.ref, plan, Lineage.for_model(resolved.ref, "j")).toPandas()
-    source = df.toPandas().set_index("transaction_id").loc[scored["transaction_id"]]
+    scored, source = score_partition(spark, cfg, registry.tracking_uri, input_path, DATES[1], limit=50)
     assert len(scored) == 50
     assert_close(
         scored[["fraud_score"]].to_numpy(), reference_scores(f"models:/fraud/{registry.champion}", source)
@@ -63,12 +58,11 @@ def test_alias_moved_after_resolution_does_not_change_the_job(
     assert resolved.ref.version == registry.champion
     client.set_registered_model_alias("fraud", "champion", registry.challenger)
     try:
-        df = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[2]}'")
-        plan = build_plan(resolved, cfg, df.columns)
-        scored = transform(df, resolved.ref, plan, Lineage.for_model(resolved.ref, "j")).toPandas()
+        scored, source = score_partition(
+            spark, cfg, registry.tracking_uri, input_path, DATES[2], resolved=resolved
+        )
     finally:
         client.set_registered_model_alias("fraud", "champion", registry.champion)
-    source = df.toPandas().set_index("transaction_id").loc[scored["transaction_id"]]
     assert set(scored["model_version"]) == {registry.champion}
     pinned = reference_scores(f"models:/fraud/{registry.champion}", source)
     moved = reference_scores(f"models:/fraud/{registry.challenger}", source)
@@ -149,7 +143,7 @@ def test_ds_with_unpartitioned_output_is_refused_before_any_work(
 
     cfg = job_config(input_path, str(tmp_path / "out"))
     cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"partition_column": None})})
-    with pytest.raises(TableLocationError, match="output.partition_column is not set"):
+    with pytest.raises(TableLocationError, match=r"output\.partition_column is not set"):
         run(spark, cfg, DATES[0])
     assert not (tmp_path / "out").exists()
 
