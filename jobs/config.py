@@ -33,6 +33,15 @@ class ModelSection(StrictModel):
     batch_size: int = Field(4096, ge=1, description="rows per model call, independent of Arrow batches")
     prediction_column: str = Field("prediction", description="output name when the signature has none")
     device: str = Field("auto", description="auto (task GPU, else CPU), cpu, cuda or cuda:N")
+    autocast: Literal["bf16", "fp16"] | None = Field(None, description="torch.autocast dtype for the model")
+    prefetch: int = Field(2, ge=0, description="batches decoded ahead of the model (0: no prefetch thread)")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N, found {device!r}")
+        return device
 
     @field_validator("uri")
     @classmethod

@@ -133,11 +133,32 @@ def _numpy_dtype(spec: Any, where: str) -> str:
     return name
 
 
+def _tensor_field(spec: Any, name: str, where: str) -> OutputField:
+    shape = tuple(spec.shape)
+    width = 1 if len(shape) == 1 else int(shape[1]) if len(shape) == 2 else -2
+    if width < 0:
+        raise SignatureError(f"{where}: expected output shape (-1,) or (-1, k), found {shape}")
+    kind: OutputKind = "scalar" if width == 1 else "vector"
+    return OutputField(name, _numpy_dtype(spec, where), kind)
+
+
+def signature_row_shape(resolved: ResolvedModel) -> tuple[int, ...]:
+    """Per-row input shape of a single-tensor input signature, e.g. ``(3, 64, 64)``; empty otherwise."""
+    signature = resolved.signature
+    if signature is None or signature.inputs is None or not signature.inputs.is_tensor_spec():
+        return ()
+    specs = list(signature.inputs.inputs)
+    if len(specs) != 1 or any(int(d) < 0 for d in specs[0].shape[1:]):
+        return ()
+    return tuple(int(d) for d in specs[0].shape[1:])
+
+
 def output_fields(resolved: ResolvedModel, prediction_column: str) -> tuple[OutputField, ...]:
     """The prediction columns the model's output signature describes.
 
     Column-based outputs give one scalar column each (``index`` = position in the model's output row).
-    One tensor output of shape ``(-1,)``/``(-1, 1)`` gives a scalar column, ``(-1, k)`` an array column.
+    One tensor output of shape ``(-1,)``/``(-1, 1)`` gives a scalar column, ``(-1, k)`` an array column;
+    several named tensor outputs give one struct column named ``prediction_column``.
     """
     where = f"model {resolved.ref.load_uri}"
     signature = resolved.signature
@@ -148,15 +169,13 @@ def output_fields(resolved: ResolvedModel, prediction_column: str) -> tuple[Outp
         )
     specs = list(signature.outputs.inputs)
     if signature.outputs.is_tensor_spec():
-        if len(specs) != 1:
-            raise SignatureError(f"{where}: expected one output tensor, found {len(specs)}")
-        spec = specs[0]
-        shape = tuple(spec.shape)
-        width = 1 if len(shape) == 1 else int(shape[1]) if len(shape) == 2 else -2
-        if width < 0:
-            raise SignatureError(f"{where}: expected output shape (-1,) or (-1, k), found {shape}")
-        kind: OutputKind = "scalar" if width == 1 else "vector"
-        return (OutputField(spec.name or prediction_column, _numpy_dtype(spec, where), kind),)
+        if len(specs) == 1:
+            return (_tensor_field(specs[0], specs[0].name or prediction_column, where),)
+        # Several named tensors (a model returning a dict or tuple): one struct column of them.
+        children = tuple(
+            _tensor_field(spec, spec.name or f"output_{i}", where) for i, spec in enumerate(specs)
+        )
+        return (OutputField(prediction_column, "", "struct", children=children),)
     fields = []
     for index, spec in enumerate(specs):
         name = spec.name or (prediction_column if len(specs) == 1 else f"{prediction_column}_{index}")

@@ -18,20 +18,28 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 from jobs.config import ScoringJobConfig, load_job_config
 from jobs.errors import BatchscoreError, SchemaMismatchError, TableLocationError
 from jobs.home import resolve_location
-from jobs.registry import ResolvedModel, output_fields, resolve_model, signature_input_names
+from jobs.registry import (
+    ResolvedModel,
+    output_fields,
+    resolve_model,
+    signature_input_names,
+    signature_row_shape,
+)
 from jobs.session import spark_session
 from jobs.tables import committed_rows, read_input, write_idempotent
 from jobs.tracking import job_run, tracking_target
 from udfs.scorer import make_arrow_scorer
 from udfs.spec import ModelRef, OutputField, ScoringPlan
+from udfs.stats import StatsAccumulatorParam, empty_stats, summary_metrics
 
 if TYPE_CHECKING:
+    from pyspark.accumulators import AccumulatorParam
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import DataType
 
@@ -64,6 +72,7 @@ class ScoreResult:
     model_version: str | None
     job_run_id: str
     ds: str | None
+    runtime: dict[str, float] = field(default_factory=dict)  # model loads, batch latency, stage times
 
     @property
     def rows_per_s(self) -> float:
@@ -103,10 +112,13 @@ def build_plan(resolved: ResolvedModel, cfg: ScoringJobConfig, input_columns: Se
         batch_size=cfg.model.batch_size,
         device=cfg.model.device,
         input_names=signature_input_names(resolved),
+        row_shape=signature_row_shape(resolved),
+        autocast=cfg.model.autocast,
+        prefetch=cfg.model.prefetch,
     )
 
 
-def _spark_type(field: OutputField) -> DataType:
+def _spark_type(out: OutputField) -> DataType:
     from pyspark.sql import types as T
 
     scalar: dict[str, Any] = {
@@ -116,14 +128,33 @@ def _spark_type(field: OutputField) -> DataType:
         "int64": T.LongType(),
         "bool": T.BooleanType(),
     }
-    base = scalar[field.dtype]
-    return T.ArrayType(base, containsNull=False) if field.kind == "vector" else base
+    if out.kind == "struct":
+        return T.StructType([T.StructField(c.name, _spark_type(c), nullable=False) for c in out.children])
+    base = scalar[out.dtype]
+    return T.ArrayType(base, containsNull=False) if out.kind == "vector" else base
 
 
-def transform(df: DataFrame, ref: ModelRef, plan: ScoringPlan, lineage: Lineage) -> DataFrame:
+def stats_accumulator(spark: SparkSession) -> Any:
+    """A Spark accumulator collecting the workers' loads and batch timings (None on Spark Connect)."""
+    try:
+        context = spark.sparkContext
+    except Exception:  # Spark Connect sessions have no SparkContext
+        return None
+    if context.getConf().get("spark.python.worker.reuse", "true").lower() != "true":
+        log.warning(
+            "spark.python.worker.reuse is off: each task starts a Python worker that loads the model again"
+        )
+    # The parameter is duck-typed so that workers unpickle it from udfs without pyspark's base class.
+    return context.accumulator(empty_stats(), cast("AccumulatorParam[Any]", StatsAccumulatorParam()))
+
+
+def transform(
+    df: DataFrame, ref: ModelRef, plan: ScoringPlan, lineage: Lineage, stats: Any = None
+) -> DataFrame:
     """Score ``df``: pass-through columns, prediction columns, then the lineage columns.
 
-    Pure: no I/O beyond what Spark does lazily, so tests run it on small inline DataFrames.
+    Pure: no I/O beyond what Spark does lazily, so tests run it on small inline DataFrames. ``stats``,
+    from :func:`stats_accumulator`, collects model loads and batch timings when the result is computed.
     """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -131,7 +162,7 @@ def transform(df: DataFrame, ref: ModelRef, plan: ScoringPlan, lineage: Lineage)
     fields = [df.schema[name] for name in plan.passthrough_columns]
     fields += [T.StructField(out.name, _spark_type(out), nullable=False) for out in plan.outputs]
     selected = df.select(*_unique([*plan.passthrough_columns, *plan.feature_columns]))
-    scored = selected.mapInArrow(make_arrow_scorer(ref, plan), T.StructType(fields))
+    scored = selected.mapInArrow(make_arrow_scorer(ref, plan, stats), T.StructType(fields))
     return scored.withColumns(
         {
             "model_name": F.lit(lineage.model_name).cast("string"),
@@ -172,16 +203,34 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
                 "batch_size": plan.batch_size,
             }
         )
-        scored = transform(df, ref, plan, Lineage.for_model(ref, tracker.run_id))
+        stats = stats_accumulator(spark)
+        scored = transform(df, ref, plan, Lineage.for_model(ref, tracker.run_id), stats)
         log.info("scoring %s into %s", cfg.input.describe(), output)
         write_idempotent(scored, cfg.output, ds, commit_tag=tracker.run_id)
         rows = committed_rows(spark, cfg.output, tracker.run_id)
         duration = time.perf_counter() - started
-        result = ScoreResult(rows, duration, output, ref.requested_uri, ref.version, tracker.run_id, ds)
-        tracker.log_metrics({"rows_scored": rows, "duration_s": duration, "rows_per_s": result.rows_per_s})
+        runtime = summary_metrics(stats.value) if stats is not None else {}
+        result = ScoreResult(
+            rows, duration, output, ref.requested_uri, ref.version, tracker.run_id, ds, runtime
+        )
+        tracker.log_metrics(
+            {"rows_scored": rows, "duration_s": duration, "rows_per_s": result.rows_per_s, **runtime}
+        )
     if rows == 0:
         log.warning("partition %s of %s had no rows; wrote an empty partition", ds, cfg.input.describe())
     log.info("scored %d rows in %.1f s (%.0f rows/s)", rows, duration, result.rows_per_s)
+    if runtime:
+        log.info(
+            "model loads %d over %d worker(s); batch latency p50 %.1f ms, p99 %.1f ms; "
+            "decode %.1f s, compute %.1f s, encode %.1f s",
+            runtime["model_loads"],
+            runtime["scoring_workers"],
+            runtime["batch_latency_p50_ms"],
+            runtime["batch_latency_p99_ms"],
+            runtime["decode_total_s"],
+            runtime["compute_total_s"],
+            runtime["encode_total_s"],
+        )
     return result
 
 

@@ -118,6 +118,17 @@ def test_run_logs_params_and_metrics_to_mlflow(
     assert logged.metrics["rows_scored"] == ROWS_PER_DAY
     assert logged.metrics["duration_s"] > 0
     assert logged.metrics["rows_per_s"] == pytest.approx(ROWS_PER_DAY / logged.metrics["duration_s"])
+    # Runtime metrics aggregated from the workers through the stats accumulator.
+    metrics = logged.metrics
+    # Workers are reused across the test session, so the model may already be resident: at most one load each.
+    assert metrics["model_loads"] <= metrics["scoring_workers"]
+    assert metrics["scoring_tasks"] >= 1
+    assert metrics["model_batches"] >= 1
+    assert 0 < metrics["batch_latency_p50_ms"] <= metrics["batch_latency_p99_ms"]
+    for stage in ("decode", "compute", "encode"):
+        assert metrics[f"{stage}_total_s"] > 0
+        assert metrics[f"{stage}_mean_ms"] > 0
+    assert result.runtime == pytest.approx({k: v for k, v in metrics.items() if k in result.runtime})
 
 
 def test_empty_partition_scores_zero_rows(spark, registry: Registry, input_path: str, tmp_path: Path) -> None:

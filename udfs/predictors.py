@@ -1,7 +1,8 @@
-"""Loading a pinned model inside a worker and running it on Arrow batches.
+"""Loaded models, split into the two halves the scoring loop overlaps: ``decode`` (Arrow -> model input,
+on the host, in the prefetch thread) and ``compute`` (model input -> numpy outputs, on the device).
 
-``mlflow`` and ``torch`` are imported here, inside the functions that run on the worker, so the driver can
-import :mod:`udfs` cheaply and the scoring loop stays usable without mlflow.
+``mlflow`` and ``torch`` are imported inside functions, so :mod:`udfs` imports without them and the GPU
+check can drive :class:`TorchPredictor` with a module built in code.
 """
 
 from __future__ import annotations
@@ -10,67 +11,161 @@ import contextlib
 from typing import Any, Protocol
 
 import numpy as np
-import numpy.typing as npt
 import pyarrow as pa
 
-from udfs.arrow_tensor import features_to_numpy
+from udfs.arrow_tensor import ModelOutput, features_to_numpy
 from udfs.spec import ModelRef, ScoringPlan
 
 
 class Predictor(Protocol):
-    """A loaded model: Arrow features in, a ``(rows, k)`` numpy array out."""
+    """A loaded model: ``decode`` a batch once, then ``compute`` any row range of it."""
 
-    def predict(self, batch: pa.RecordBatch) -> npt.NDArray[Any]: ...
+    device: str
+
+    def decode(self, batch: pa.RecordBatch) -> Any: ...
+
+    def compute(self, inputs: Any, start: int, stop: int) -> ModelOutput: ...
+
+    def release_memory(self) -> None: ...
+
+
+def _to_numpy(output: Any) -> ModelOutput:
+    """Model outputs (tensor, dict or tuple of tensors) as float32-or-native numpy on the host."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        if output.dtype in (torch.float16, torch.bfloat16):
+            output = output.float()
+        result: np.ndarray[Any, Any] = output.detach().to("cpu").numpy()
+        return result
+    if isinstance(output, dict):
+        return {str(k): np.asarray(_to_numpy(v)) for k, v in output.items()}
+    if isinstance(output, (tuple, list)):
+        return [np.asarray(_to_numpy(v)) for v in output]
+    raise TypeError(
+        f"expected the torch model to return a tensor, dict or tuple, found {type(output).__name__}"
+    )
 
 
 class TorchPredictor:
-    """A ``torch.nn.Module`` in eval mode on one device, fed float32 tensors built straight from Arrow."""
+    """A ``torch.nn.Module`` resident on one device.
 
-    def __init__(self, module: Any, device: str, feature_columns: tuple[str, ...]) -> None:
+    On CUDA, ``decode`` copies the batch into pinned host memory and starts its transfer on a side stream,
+    so the next batch moves to the GPU while the current one computes; ``compute`` waits for that copy only.
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        device: str,
+        feature_columns: tuple[str, ...],
+        row_shape: tuple[int, ...] = (),
+        autocast: str | None = None,
+    ) -> None:
+        import torch
+
         self.module = module
         self.device = device
         self.feature_columns = feature_columns
+        self.row_shape = row_shape
+        self.cuda = device.startswith("cuda")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[autocast]
+        self.copy_stream = torch.cuda.Stream(device=device) if self.cuda else None  # type: ignore[no-untyped-call]
 
-    def predict(self, batch: pa.RecordBatch) -> npt.NDArray[Any]:
+    def decode(self, batch: pa.RecordBatch) -> Any:
         import torch
 
-        features = torch.from_numpy(features_to_numpy(batch, self.feature_columns))
-        with torch.inference_mode():
-            output = self.module(features.to(self.device))
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f"expected the torch model to return one tensor, found {type(output).__name__}")
-        result: npt.NDArray[Any] = output.detach().to("cpu").numpy()
-        return result.reshape(result.shape[0], -1)
+        host = torch.from_numpy(features_to_numpy(batch, self.feature_columns, self.row_shape))
+        if not self.cuda:
+            return host
+        host = host.pin_memory()
+        try:
+            with torch.cuda.stream(self.copy_stream):
+                on_device = host.to(self.device, non_blocking=True)
+                ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                ready.record(self.copy_stream)
+        except torch.OutOfMemoryError:
+            return host  # no room for the whole batch: compute() moves row ranges over instead
+        return (on_device, ready)
+
+    def compute(self, inputs: Any, start: int, stop: int) -> ModelOutput:
+        import torch
+
+        if isinstance(inputs, tuple):
+            tensor, ready = inputs
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(ready)
+            tensor.record_stream(stream)
+            x = tensor[start:stop]
+        else:
+            x = inputs[start:stop]
+            if self.cuda:
+                x = x.to(self.device, non_blocking=True)
+        device_type = "cuda" if self.cuda else "cpu"
+        autocast = (
+            torch.autocast(device_type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            output = self.module(x)
+        return _to_numpy(output)
+
+    def release_memory(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.empty_cache()
 
 
 class PyfuncPredictor:
     """Any MLflow pyfunc model, given a pandas frame with the columns its signature names."""
+
+    device = "cpu"
 
     def __init__(self, model: Any, feature_columns: tuple[str, ...], input_names: tuple[str, ...]) -> None:
         self.model = model
         self.feature_columns = feature_columns
         self.input_names = input_names or feature_columns
 
-    def predict(self, batch: pa.RecordBatch) -> npt.NDArray[Any]:
+    def decode(self, batch: pa.RecordBatch) -> Any:
         frame = batch.select(list(self.feature_columns)).to_pandas()
         frame.columns = list(self.input_names)
-        output = self.model.predict(frame)
-        result = np.asarray(output)
-        return result.reshape(result.shape[0], -1)
+        return frame
+
+    def compute(self, inputs: Any, start: int, stop: int) -> ModelOutput:
+        output = self.model.predict(inputs.iloc[start:stop])
+        if isinstance(output, dict):
+            return {str(k): np.asarray(v) for k, v in output.items()}
+        return np.asarray(output)
+
+    def release_memory(self) -> None:
+        return None
+
+
+def load_torch_module(ref: ModelRef, device: str) -> Any:
+    """The registered torch module of ``ref`` (exactly its pinned version), in eval mode on ``device``."""
+    import mlflow
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(ref.tracking_uri)
+    mlflow.set_registry_uri(ref.registry_uri)
+    module = mlflow.pytorch.load_model(ref.load_uri, map_location=device)
+    # torch.export (pt2) modules are already inference graphs and refuse eval().
+    with contextlib.suppress(NotImplementedError):
+        module.eval()
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        module.to(device)
+    return module
 
 
 def load_predictor(ref: ModelRef, plan: ScoringPlan, device: str) -> Predictor:
-    """Load ``ref`` (exactly its pinned version) from its registry onto ``device``."""
+    """Load ``ref`` from its registry onto ``device`` as a predictor for ``plan``."""
+    if ref.flavor == "pytorch":
+        module = load_torch_module(ref, device)
+        return TorchPredictor(module, device, plan.feature_columns, plan.row_shape, plan.autocast)
     import mlflow
 
     mlflow.set_tracking_uri(ref.tracking_uri)
     mlflow.set_registry_uri(ref.registry_uri)
-    if ref.flavor == "pytorch":
-        import mlflow.pytorch
-
-        module = mlflow.pytorch.load_model(ref.load_uri, map_location=device)
-        # torch.export (pt2) modules are already inference graphs and refuse eval().
-        with contextlib.suppress(NotImplementedError):
-            module.eval()
-        return TorchPredictor(module, device, plan.feature_columns)
     return PyfuncPredictor(mlflow.pyfunc.load_model(ref.load_uri), plan.feature_columns, plan.input_names)

@@ -1,29 +1,35 @@
 """Scorer factories: the functions Spark runs over each partition.
 
-The closure built here carries only the pinned :class:`ModelRef` and the :class:`ScoringPlan`; the model is
-loaded inside the worker through :mod:`udfs.model_cache`, once per worker process.
+The closure built here carries only the pinned :class:`ModelRef`, the :class:`ScoringPlan` and (optionally)
+a stats accumulator; the model is loaded inside the worker through :mod:`udfs.model_cache`, once per worker
+process and device, and stays resident for the following tasks.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pyarrow as pa
 
 from udfs import model_cache
-from udfs.arrow_tensor import predictions_to_arrow
+from udfs.device import DeviceChoice, apply_threads, choose_device, current_task_resources
 from udfs.predictors import Predictor, load_predictor
+from udfs.runtime import ScoringLoop
 from udfs.spec import ModelRef, ScoringPlan
+from udfs.stats import empty_stats, worker_id
 
 log = logging.getLogger(__name__)
 
 ArrowScorer = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 
 
-def resolve_device(requested: str) -> str:
-    """The device to load onto: the configured one, else CPU (the runtime issue adds task GPU pinning)."""
-    return "cpu" if requested == "auto" else requested
+def cuda_device_count() -> int:
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
 def cached_predictor(ref: ModelRef, plan: ScoringPlan, device: str) -> Predictor:
@@ -31,28 +37,37 @@ def cached_predictor(ref: ModelRef, plan: ScoringPlan, device: str) -> Predictor
     return model_cache.get_or_load((ref.cache_key, device), lambda: load_predictor(ref, plan, device))
 
 
-def score_batch(predictor: Predictor, batch: pa.RecordBatch, plan: ScoringPlan) -> pa.RecordBatch:
-    """Score one Arrow batch: pass-through columns followed by the prediction columns."""
-    predictions = predictor.predict(batch)
-    if predictions.shape[0] != batch.num_rows:
-        raise ValueError(f"the model returned {predictions.shape[0]} rows for a batch of {batch.num_rows}")
-    arrays = [batch.column(name) for name in plan.passthrough_columns]
-    arrays += [predictions_to_arrow(predictions, out) for out in plan.outputs]
-    names = [*plan.passthrough_columns, *(out.name for out in plan.outputs)]
-    return pa.RecordBatch.from_arrays(arrays, names=names)
+def task_device(plan: ScoringPlan) -> tuple[DeviceChoice, tuple[str, ...]]:
+    """The device this task scores on, and the GPU addresses Spark gave it."""
+    resources = current_task_resources()
+    cuda = cuda_device_count() if plan.device != "cpu" else 0
+    choice = choose_device(plan.device, resources, cuda)
+    apply_threads(choice)
+    return choice, resources.gpu_addresses
 
 
-def make_arrow_scorer(ref: ModelRef, plan: ScoringPlan) -> ArrowScorer:
-    """Build the ``mapInArrow`` function that scores a partition with the pinned model."""
+def make_arrow_scorer(ref: ModelRef, plan: ScoringPlan, accumulator: Any = None) -> ArrowScorer:
+    """Build the ``mapInArrow`` function that scores a partition with the pinned model.
+
+    ``accumulator`` (a Spark accumulator of :class:`udfs.stats.StatsAccumulatorParam`) receives each
+    task's loads, devices and batch timings.
+    """
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        predictor: Predictor | None = None
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            if predictor is None:
-                predictor = cached_predictor(ref, plan, resolve_device(plan.device))
-            for start in range(0, batch.num_rows, plan.batch_size):
-                yield score_batch(predictor, batch.slice(start, plan.batch_size), plan)
+        stats = empty_stats()
+        stats["tasks"] = 1
+        loads_before = model_cache.load_count()
+        worker = worker_id()
+        non_empty = (b for b in batches if b.num_rows > 0)
+        first = next(non_empty, None)
+        if first is not None:  # an empty partition never loads the model
+            choice, addresses = task_device(plan)
+            predictor = cached_predictor(ref, plan, choice.device)
+            stats["device_by_worker"][worker] = choice.device
+            stats["gpu_addresses_by_worker"][worker] = list(addresses)
+            yield from ScoringLoop(predictor, plan, stats).run(itertools.chain([first], non_empty))
+        stats["loads_by_worker"][worker] = model_cache.load_count() - loads_before
+        if accumulator is not None:
+            accumulator.add(stats)
 
     return score_partition

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-OutputKind = Literal["scalar", "vector"]
+OutputKind = Literal["scalar", "vector", "struct"]
 
 # numpy dtype name -> Spark SQL type name, for the outputs we write.
 SPARK_TYPES: dict[str, str] = {
@@ -43,15 +43,23 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class OutputField:
-    """One prediction column: the model's output column ``index`` (scalar) or all of it (vector)."""
+    """One prediction column.
+
+    ``scalar``: column ``index`` of the model's ``(rows, k)`` output (or of its output named ``name``);
+    ``vector``: the whole ``(rows, k)`` output as an array column; ``struct``: one column whose fields are
+    ``children``, taken from a model that returns several named (dict) or positional (tuple) outputs.
+    """
 
     name: str
-    dtype: str  # numpy dtype name, a key of SPARK_TYPES
+    dtype: str  # numpy dtype name, a key of SPARK_TYPES ("" for struct)
     kind: OutputKind = "scalar"
     index: int = 0
+    children: tuple[OutputField, ...] = ()
 
     @property
     def spark_type(self) -> str:
+        if self.kind == "struct":
+            return "struct<" + ",".join(f"{c.name}:{c.spark_type}" for c in self.children) + ">"
         base = SPARK_TYPES[self.dtype]
         return f"array<{base}>" if self.kind == "vector" else base
 
@@ -66,6 +74,9 @@ class ScoringPlan:
     batch_size: int = 4096
     device: str = "auto"
     input_names: tuple[str, ...] = field(default=())  # column names a pyfunc model expects, in order
+    row_shape: tuple[int, ...] = ()  # per-row tensor shape from a tensor signature, e.g. (3, 64, 64)
+    autocast: str | None = None  # "bf16" or "fp16": torch.autocast on GPU (and bf16 on CPU)
+    prefetch: int = 2  # decoded batches kept ready ahead of the model
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

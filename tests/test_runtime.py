@@ -1,0 +1,241 @@
+"""The executor-side loop without Spark: Arrow in, Arrow out, with real torch modules."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from udfs.arrow_tensor import features_to_numpy
+from udfs.device import DeviceChoice, TaskResources, choose_device
+from udfs.predictors import TorchPredictor
+from udfs.runtime import ModelOutOfMemoryError, ScoringLoop, prefetch, rebatch
+from udfs.spec import OutputField, ScoringPlan
+from udfs.stats import empty_stats, latency_percentile_ms, merge, summary_metrics
+
+SCORE = (OutputField("score", "float32"),)
+
+
+def table(rows: int, batch_rows: int) -> list[pa.RecordBatch]:
+    rng = np.random.default_rng(0)
+    data = pa.table(
+        {"id": np.arange(rows, dtype=np.int64), "a": rng.normal(size=rows), "b": rng.normal(size=rows)}
+    )
+    return data.to_batches(max_chunksize=batch_rows) if rows else []
+
+
+def plan(batch_size: int, outputs=SCORE, features=("a", "b"), **kw) -> ScoringPlan:
+    return ScoringPlan(
+        feature_columns=features, passthrough_columns=("id",), outputs=outputs, batch_size=batch_size, **kw
+    )
+
+
+def linear() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Linear(2, 1).eval()
+
+
+def run(module, batches, p: ScoringPlan, stats=None) -> pa.Table:
+    loop = ScoringLoop(TorchPredictor(module, "cpu", p.feature_columns, p.row_shape), p, stats)
+    out = list(loop.run(iter(batches)))
+    return pa.Table.from_batches(out) if out else pa.table({})
+
+
+def reference(module, batches) -> np.ndarray:
+    data = pa.Table.from_batches(batches)
+    x = torch.tensor(np.column_stack([data["a"].to_numpy(), data["b"].to_numpy()]), dtype=torch.float32)
+    with torch.no_grad():
+        return module(x).numpy().reshape(-1)
+
+
+@pytest.mark.parametrize(
+    ("rows", "arrow_rows", "batch_size"),
+    [(1, 1, 64), (10, 3, 4), (10, 10, 1000), (1000, 128, 100), (257, 1000, 256)],
+)
+def test_rebatched_scores_match_torch_and_keep_row_order(rows: int, arrow_rows: int, batch_size: int) -> None:
+    module = linear()
+    batches = table(rows, arrow_rows)
+    result = run(module, batches, plan(batch_size))
+    assert result["id"].to_pylist() == list(range(rows))
+    np.testing.assert_allclose(result["score"].to_numpy(), reference(module, batches), rtol=1e-6)
+
+
+def test_rebatch_sizes_are_independent_of_arrow_batches() -> None:
+    sizes = [b.num_rows for b in rebatch(table(1000, 128), 300)]
+    assert sizes == [300, 300, 300, 100]
+    assert [b.num_rows for b in rebatch(table(5, 2), 100)] == [5]
+    assert list(rebatch([], 10)) == []
+
+
+def test_empty_input_yields_nothing() -> None:
+    assert run(linear(), [], plan(8)).num_rows == 0
+
+
+class FlakyOnLargeBatches(torch.nn.Module):
+    """Raises a real ``torch.OutOfMemoryError`` for batches over ``limit`` rows, like a GPU would."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.inner = linear()
+        self.limit = limit
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate for {x.shape[0]} rows")
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_smaller_size() -> None:
+    module = FlakyOnLargeBatches(limit=20)
+    batches = table(200, 200)
+    stats = empty_stats()
+    result = run(module, batches, plan(100), stats)
+    np.testing.assert_allclose(result["score"].to_numpy(), reference(module.inner, batches), rtol=1e-6)
+    assert result["id"].to_pylist() == list(range(200))
+    # 100 fails, 50 fails, 25 fails, then 12-row chunks for the rest of the task: never 100 again.
+    assert module.sizes[:4] == [100, 50, 25, 12]
+    assert max(module.sizes[4:]) == 12
+    assert stats["oom_backoffs"] == 3
+
+
+def test_out_of_memory_at_one_row_fails_clearly() -> None:
+    with pytest.raises(ModelOutOfMemoryError, match="even with a batch of 1 row"):
+        run(FlakyOnLargeBatches(limit=0), table(4, 4), plan(4))
+
+
+def test_non_oom_errors_are_not_retried() -> None:
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ValueError("bad weights")
+
+    with pytest.raises(ValueError, match="bad weights"):
+        run(Broken(), table(4, 4), plan(4))
+
+
+def test_vector_and_struct_inputs_are_stacked_without_pandas() -> None:
+    emb = pa.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], type=pa.list_(pa.float32()))
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2.0, 3.0, 4.0], pa.float64()), 2)
+    point = pa.StructArray.from_arrays([pa.array([7, 8]), pa.array([0.5, 1.5])], names=["x", "y"])
+    batch = pa.RecordBatch.from_arrays([emb, fixed, point, pa.array([9, 10])], names=["emb", "fx", "pt", "n"])
+    assert features_to_numpy(batch, ["emb"]).tolist() == [[1, 2, 3], [4, 5, 6]]
+    stacked = features_to_numpy(batch, ["n", "emb", "fx", "pt"])
+    assert stacked.dtype == np.float32 and stacked.flags["C_CONTIGUOUS"]
+    assert stacked.tolist() == [[9, 1, 2, 3, 1, 2, 7, 0.5], [10, 4, 5, 6, 3, 4, 8, 1.5]]
+    images = pa.array([list(range(12)), list(range(12, 24))], type=pa.list_(pa.float32()))
+    image_batch = pa.RecordBatch.from_arrays([images], names=["img"])
+    assert features_to_numpy(image_batch, ["img"], (3, 2, 2)).shape == (2, 3, 2, 2)
+    ragged = pa.RecordBatch.from_arrays([pa.array([[1.0], [1.0, 2.0]])], names=["r"])
+    with pytest.raises(ValueError, match=r"expected arrays of one length, found lengths 1\.\.2"):
+        features_to_numpy(ragged, ["r"])
+    with pytest.raises(TypeError, match="expected a numeric, array or struct column, found string"):
+        features_to_numpy(pa.RecordBatch.from_arrays([pa.array(["x"])], names=["s"]), ["s"])
+
+
+class TwoHeads(torch.nn.Module):
+    """A multi-output model: a dict with a probability and an embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.body = torch.nn.Linear(2, 4)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.body(x)
+        return {"prob": torch.sigmoid(h[:, :1]), "embedding": h}
+
+
+def test_vector_and_struct_outputs() -> None:
+    outputs = (
+        OutputField(
+            "pred",
+            "",
+            "struct",
+            children=(OutputField("prob", "float32"), OutputField("embedding", "float32", "vector")),
+        ),
+    )
+    module = TwoHeads().eval()
+    batches = table(7, 3)
+    result = run(module, batches, plan(4, outputs=outputs))
+    assert result.schema.field("pred").type == pa.struct(
+        [("prob", pa.float32()), ("embedding", pa.list_(pa.float32()))]
+    )
+    data = pa.Table.from_batches(batches)
+    x = torch.tensor(np.column_stack([data["a"].to_numpy(), data["b"].to_numpy()]), dtype=torch.float32)
+    with torch.no_grad():
+        expected = module(x)
+    pred = result["pred"].combine_chunks()
+    np.testing.assert_allclose(pred.field("prob").to_numpy(), expected["prob"].numpy().reshape(-1), rtol=1e-6)
+    embedding = np.stack(pred.field("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(embedding, expected["embedding"].numpy(), rtol=1e-6)
+
+
+def test_bf16_autocast_on_cpu_returns_float32_scores() -> None:
+    module = linear()
+    batches = table(50, 50)
+    p = plan(16, autocast="bf16")
+    result = run(module, batches, p)
+    assert result.schema.field("score").type == pa.float32()
+    np.testing.assert_allclose(result["score"].to_numpy(), reference(module, batches), rtol=0.05, atol=0.05)
+
+
+def test_prefetch_runs_ahead_in_a_thread_and_surfaces_errors() -> None:
+    producers: set[str] = set()
+
+    def items():
+        for i in range(5):
+            producers.add(threading.current_thread().name)
+            yield i
+        raise OSError("input stream broke")
+
+    got = []
+    with pytest.raises(OSError, match="input stream broke"):
+        for item in prefetch(items(), depth=2):
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4]
+    assert producers == {"batchscore-prefetch"}
+
+
+def test_stats_latency_percentiles_and_merge() -> None:
+    a, b = empty_stats(), empty_stats()
+    from udfs.stats import record_batch
+
+    for ms in range(1, 101):  # 1..100 ms
+        record_batch(a if ms % 2 else b, 10, ms / 3000, ms / 3000, ms / 3000)
+    b["loads_by_worker"] = {"h:1": 1}
+    merged = merge(a, b)
+    assert merged["batches"] == 100 and merged["rows"] == 1000
+    assert latency_percentile_ms(merged, 0.5) == pytest.approx(50, rel=0.07)
+    assert latency_percentile_ms(merged, 0.99) == pytest.approx(99, rel=0.07)
+    metrics = summary_metrics(merged)
+    assert metrics["model_loads"] == 1 and metrics["scoring_workers"] == 1
+    assert metrics["compute_mean_ms"] == pytest.approx(50.5 / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("requested", "task", "cuda", "expected"),
+    [
+        ("auto", TaskResources(("1",), 2), 2, DeviceChoice("cuda:1", "task GPU address 1")),
+        ("cuda", TaskResources(("0",), 1), 1, DeviceChoice("cuda:0", "task GPU address 0")),
+        ("cpu", TaskResources(("0",), 3), 1, DeviceChoice("cpu", "configured", threads=3)),
+        ("auto", TaskResources((), 2), 0, DeviceChoice("cpu", "no task GPU", threads=2)),
+        ("cuda:1", TaskResources((), 1), 2, DeviceChoice("cuda:1", "configured")),
+        (
+            "auto",
+            TaskResources(("0",), 1),
+            0,
+            DeviceChoice("cpu", "task GPU address 0 but no CUDA device", 1),
+        ),
+    ],
+)
+def test_device_choice(requested: str, task: TaskResources, cuda: int, expected: DeviceChoice) -> None:
+    assert choose_device(requested, task, cuda) == expected
+
+
+def test_configured_cuda_without_a_gpu_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
+        choose_device("cuda", TaskResources(), 0)

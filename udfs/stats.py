@@ -1,0 +1,116 @@
+"""Per-task scoring statistics, merged on the driver through a Spark accumulator.
+
+The accumulator parameter is duck-typed (``zero``/``addInPlace``) so this module imports without pyspark.
+Batch latencies go into a fixed log-spaced histogram (about 6% wide buckets), so a job of a billion rows
+sends a few hundred counters per task, and P50/P99 are read off it on the driver.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from typing import Any
+
+# Bucket upper bounds in milliseconds: 10 ** (k / 40) for k = -120 .. 240 (1 µs to 1,000 s).
+_LOW_EXP, _HIGH_EXP, _STEPS = -120, 240, 40
+N_BUCKETS = _HIGH_EXP - _LOW_EXP + 1
+STAGES = ("decode", "compute", "encode")
+
+
+def bucket_of(ms: float) -> int:
+    if ms <= 0:
+        return 0
+    k = math.ceil(math.log10(ms) * _STEPS)
+    return min(max(k - _LOW_EXP, 0), N_BUCKETS - 1)
+
+
+def bucket_upper_ms(index: int) -> float:
+    return float(10 ** ((index + _LOW_EXP) / _STEPS))
+
+
+def worker_id() -> str:
+    """This Python worker process, as ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def empty_stats() -> dict[str, Any]:
+    return {
+        "rows": 0,
+        "batches": 0,
+        "tasks": 0,
+        "oom_backoffs": 0,
+        "stage_s": dict.fromkeys(STAGES, 0.0),
+        "latency_hist": [0] * N_BUCKETS,
+        "loads_by_worker": {},
+        "device_by_worker": {},
+        "gpu_addresses_by_worker": {},
+    }
+
+
+def record_batch(
+    stats: dict[str, Any], rows: int, decode_s: float, compute_s: float, encode_s: float
+) -> None:
+    """Add one model batch's timings; its latency is the sum of its three stages."""
+    stats["rows"] += rows
+    stats["batches"] += 1
+    for stage, seconds in zip(STAGES, (decode_s, compute_s, encode_s), strict=True):
+        stats["stage_s"][stage] += seconds
+    stats["latency_hist"][bucket_of((decode_s + compute_s + encode_s) * 1000.0)] += 1
+
+
+def merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    for key in ("rows", "batches", "tasks", "oom_backoffs"):
+        into[key] += other[key]
+    for stage in STAGES:
+        into["stage_s"][stage] += other["stage_s"][stage]
+    into["latency_hist"] = [a + b for a, b in zip(into["latency_hist"], other["latency_hist"], strict=True)]
+    for worker, loads in other["loads_by_worker"].items():
+        into["loads_by_worker"][worker] = into["loads_by_worker"].get(worker, 0) + loads
+    into["device_by_worker"].update(other["device_by_worker"])
+    for worker, addresses in other["gpu_addresses_by_worker"].items():
+        seen = set(into["gpu_addresses_by_worker"].get(worker, [])) | set(addresses)
+        into["gpu_addresses_by_worker"][worker] = sorted(seen)
+    return into
+
+
+def latency_percentile_ms(stats: dict[str, Any], q: float) -> float:
+    """The ``q`` quantile (0..1) of batch latency, as the upper bound of its histogram bucket."""
+    total = sum(stats["latency_hist"])
+    if total == 0:
+        return 0.0
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for index, count in enumerate(stats["latency_hist"]):
+        seen += count
+        if seen >= rank:
+            return bucket_upper_ms(index)
+    return bucket_upper_ms(N_BUCKETS - 1)
+
+
+def summary_metrics(stats: dict[str, Any]) -> dict[str, float]:
+    """The job metrics logged to MLflow: loads, batch latency P50/P99, and the per-stage breakdown."""
+    batches = max(stats["batches"], 1)
+    metrics = {
+        "model_loads": float(sum(stats["loads_by_worker"].values())),
+        "scoring_workers": float(len(stats["loads_by_worker"])),
+        "scoring_tasks": float(stats["tasks"]),
+        "model_batches": float(stats["batches"]),
+        "oom_backoffs": float(stats["oom_backoffs"]),
+        "batch_latency_p50_ms": latency_percentile_ms(stats, 0.50),
+        "batch_latency_p99_ms": latency_percentile_ms(stats, 0.99),
+    }
+    for stage in STAGES:
+        metrics[f"{stage}_total_s"] = stats["stage_s"][stage]
+        metrics[f"{stage}_mean_ms"] = stats["stage_s"][stage] * 1000.0 / batches
+    return metrics
+
+
+class StatsAccumulatorParam:
+    """Spark ``AccumulatorParam`` (duck-typed) merging per-task stats dicts."""
+
+    def zero(self, value: dict[str, Any]) -> dict[str, Any]:
+        return empty_stats()
+
+    def addInPlace(self, value1: dict[str, Any], value2: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        return merge(value1, value2)
