@@ -8,6 +8,7 @@ check can drive :class:`TorchPredictor` with a module built in code.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Protocol
 
 import numpy as np
@@ -75,7 +76,11 @@ class TorchPredictor:
     def decode(self, batch: pa.RecordBatch) -> Any:
         import torch
 
-        host = torch.from_numpy(features_to_numpy(batch, self.feature_columns, self.row_shape))
+        features = features_to_numpy(batch, self.feature_columns, self.row_shape)
+        with warnings.catch_warnings():
+            # Zero-copy views of Arrow buffers are read-only; the model only reads its input.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            host = torch.from_numpy(features)
         if not self.cuda:
             return host
         host = host.pin_memory()
@@ -84,7 +89,7 @@ class TorchPredictor:
                 on_device = host.to(self.device, non_blocking=True)
                 ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
                 ready.record(self.copy_stream)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             return host  # no room for the whole batch: compute() moves row ranges over instead
         return (on_device, ready)
 
