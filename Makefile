@@ -24,8 +24,8 @@ demo: setup
 	$(BIN)/batchscore demo
 
 lint: setup
-	$(BIN)/ruff check jobs udfs tests
-	$(BIN)/ruff format --check jobs udfs tests
+	$(BIN)/ruff check jobs udfs tests bench
+	$(BIN)/ruff format --check jobs udfs tests bench
 
 typecheck: setup
 	$(BIN)/mypy

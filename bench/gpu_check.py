@@ -30,17 +30,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
 
-from udfs import model_cache  # noqa: E402
-from udfs.device import TaskResources, choose_device  # noqa: E402
-from udfs.predictors import TorchPredictor  # noqa: E402
-from udfs.runtime import ScoringLoop  # noqa: E402
-from udfs.spec import OutputField, ScoringPlan  # noqa: E402
-from udfs.stats import empty_stats, summary_metrics  # noqa: E402
+from udfs import model_cache
+from udfs.device import TaskResources, choose_device
+from udfs.predictors import TorchPredictor
+from udfs.runtime import ScoringLoop
+from udfs.spec import OutputField, ScoringPlan
+from udfs.stats import empty_stats, summary_metrics
 
 
 class Bottleneck(nn.Module):
@@ -48,10 +48,15 @@ class Bottleneck(nn.Module):
         super().__init__()
         out = mid * 4
         self.body = nn.Sequential(
-            nn.Conv2d(inp, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, out, 1, bias=False), nn.BatchNorm2d(out),
-        )  # fmt: skip
+            nn.Conv2d(inp, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, out, 1, bias=False),
+            nn.BatchNorm2d(out),
+        )
         self.skip = (
             nn.Identity()
             if stride == 1 and inp == out
@@ -65,8 +70,11 @@ class Bottleneck(nn.Module):
 def resnet(width: int = 64, blocks: tuple[int, ...] = (3, 4, 6, 3), classes: int = 1000) -> nn.Module:
     """ResNet-50's layout (bottlenecks 3-4-6-3) at a given base width; random weights."""
     layers: list[nn.Module] = [
-        nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
-    ]  # fmt: skip
+        nn.Conv2d(3, width, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+    ]
     inp = width
     for stage, count in enumerate(blocks):
         mid = width * 2**stage
@@ -103,7 +111,10 @@ def raw_torch(model: nn.Module, images: np.ndarray, batch: int, device: str, aut
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     sync(device)
     started = time.perf_counter()
-    with torch.inference_mode(), torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None),
+    ):
         for start in range(0, len(host), batch):
             out = model(host[start : start + batch].to(device))
             out.float().cpu()
@@ -125,7 +136,9 @@ def scoring_loop(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small images and model: checks the script on CPU")
+    parser.add_argument(
+        "--quick", action="store_true", help="small images and model: checks the script on CPU"
+    )
     parser.add_argument("--rows", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--arrow-rows", type=int, default=1000, help="Arrow maxRecordsPerBatch to mimic")
@@ -148,9 +161,15 @@ def main() -> int:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
         },
-        "params": {"rows": rows, "image": [3, size, size], "width": width, "batch_size": args.batch_size,
-                   "arrow_rows": args.arrow_rows, "autocast": autocast},
-    }  # fmt: skip
+        "params": {
+            "rows": rows,
+            "image": [3, size, size],
+            "width": width,
+            "batch_size": args.batch_size,
+            "arrow_rows": args.arrow_rows,
+            "autocast": autocast,
+        },
+    }
     print(f"# gpu_check: {report['machine']} {report['params']}")
 
     # 1. Device pinning: each task GPU address -> the resident model's device, loaded once per address.
@@ -173,9 +192,14 @@ def main() -> int:
     # 2. Throughput: loop vs raw torch on the same device, model, batch size and precision.
     batches, images = image_batches(rows, size, args.arrow_rows)
     plan = ScoringPlan(
-        feature_columns=("image",), passthrough_columns=("id",), outputs=(OutputField("probs", "float32", "vector"),),
-        batch_size=args.batch_size, row_shape=(3, size, size), autocast=autocast, prefetch=2,
-    )  # fmt: skip
+        feature_columns=("image",),
+        passthrough_columns=("id",),
+        outputs=(OutputField("probs", "float32", "vector"),),
+        batch_size=args.batch_size,
+        row_shape=(3, size, size),
+        autocast=autocast,
+        prefetch=2,
+    )
     predictor = TorchPredictor(model, device, plan.feature_columns, plan.row_shape, autocast)
     warm = max(1, min(len(images), args.batch_size * 2))
     raw_torch(model, images[:warm], args.batch_size, device, autocast)
@@ -185,7 +209,12 @@ def main() -> int:
     ours, stats, _ = max(loop_runs, key=lambda r: r[0])
     ratio = ours / raw
     metrics = summary_metrics(stats)
-    report["throughput"] = {"raw_torch_rows_per_s": raw, "loop_rows_per_s": ours, "ratio": ratio, "loop": metrics}
+    report["throughput"] = {
+        "raw_torch_rows_per_s": raw,
+        "loop_rows_per_s": ours,
+        "ratio": ratio,
+        "loop": metrics,
+    }
     print("\n| path | rows/s | vs raw torch |")
     print("|---|---|---|")
     print(f"| raw torch (host tensor -> {device} -> host) | {raw:,.0f} | 100% |")
@@ -207,8 +236,14 @@ def main() -> int:
         try:
             _, oom_stats, final_chunk = scoring_loop(predictor, image_batches(oom_rows, size, 1024)[0], big)
             recovered = oom_stats["rows"] == oom_rows and oom_stats["oom_backoffs"] > 0
-            report["oom"] = {"cap_gb": cap_gb, "start_batch": 1024, "final_batch": final_chunk,
-                             "backoffs": oom_stats["oom_backoffs"], "rows": oom_stats["rows"], "recovered": recovered}  # fmt: skip
+            report["oom"] = {
+                "cap_gb": cap_gb,
+                "start_batch": 1024,
+                "final_batch": final_chunk,
+                "backoffs": oom_stats["oom_backoffs"],
+                "rows": oom_stats["rows"],
+                "recovered": recovered,
+            }
         except Exception as exc:  # reported, not hidden: the check fails below
             report["oom"] = {"cap_gb": cap_gb, "error": f"{type(exc).__name__}: {exc}", "recovered": False}
         finally:

@@ -124,23 +124,28 @@ class SparkProfile(StrictModel):
         return conf
 
 
-def expand_env(value: Any) -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML document."""
+def expand_env(value: Any, fallback: Mapping[str, str] | None = None) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML document.
+
+    ``fallback`` supplies values for variables the environment does not set (before ``:-default``).
+    """
     if isinstance(value, str):
 
         def lookup(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in os.environ:
                 return os.environ[name]
+            if fallback and name in fallback:
+                return fallback[name]
             if default is not None:
                 return default
             raise ConfigError(f"environment variable {name!r} is referenced but not set")
 
         return _ENV_REF.sub(lookup, value)
     if isinstance(value, list):
-        return [expand_env(v) for v in value]
+        return [expand_env(v, fallback) for v in value]
     if isinstance(value, dict):
-        return {k: expand_env(v) for k, v in value.items()}
+        return {k: expand_env(v, fallback) for k, v in value.items()}
     return value
 
 
@@ -212,6 +217,8 @@ def load_spark_profile(name_or_path: str) -> SparkProfile:
             known = sorted(p.stem for p in (conf_dir() / "spark").glob("*.yaml"))
             raise ConfigError(f"unknown Spark profile {name_or_path!r}; expected one of {known}")
     try:
-        return SparkProfile.model_validate(expand_env(_read_yaml(path)))
+        # ${BATCHSCORE_CONF_DIR} lets a profile name files beside it (e.g. a GPU discovery script).
+        fallback = {"BATCHSCORE_CONF_DIR": str(conf_dir())}
+        return SparkProfile.model_validate(expand_env(_read_yaml(path), fallback))
     except ValidationError as exc:
         raise ConfigError(_validation_message(path, exc)) from None

@@ -113,3 +113,22 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 def test_unknown_spark_profile_lists_known_ones() -> None:
     with pytest.raises(ConfigError, match=r"unknown Spark profile 'nope'; expected one of \[.*'local'"):
         load_spark_profile("nope")
+
+
+def test_device_and_autocast_are_checked(tmp_path: Path) -> None:
+    ok = load_job_config(write(tmp_path, VALID), ["model.device=cuda:1", "model.autocast=bf16"])
+    assert (ok.model.device, ok.model.autocast) == ("cuda:1", "bf16")
+    with pytest.raises(
+        ConfigError, match=r"model\.device: .*expected auto, cpu, cuda or cuda:N, found 'gpu0'"
+    ):
+        load_job_config(write(tmp_path, VALID), ["model.device=gpu0"])
+    with pytest.raises(ConfigError, match=r"model\.autocast"):
+        load_job_config(write(tmp_path, VALID), ["model.autocast=fp8"])
+
+
+def test_gpu_profile_points_at_the_shipped_discovery_script() -> None:
+    profile = load_spark_profile("gpu")
+    script = Path(profile.conf["spark.executor.resource.gpu.discoveryScript"])
+    assert script.is_file() and script.stat().st_mode & 0o111
+    assert profile.conf["spark.task.resource.gpu.amount"] == "1"
+    assert profile.conf["spark.python.worker.reuse"] == "true"

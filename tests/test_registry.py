@@ -87,3 +87,24 @@ def test_missing_or_unusable_output_signature_is_an_error() -> None:
     )
     with pytest.raises(SignatureError, match=r"expected output shape \(-1,\) or \(-1, k\)"):
         output_fields(_resolved(images), "p")
+
+
+def test_several_named_tensor_outputs_become_one_struct_column() -> None:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    from jobs.registry import signature_row_shape
+
+    signature = ModelSignature(
+        Schema([TensorSpec(np.dtype("float32"), (-1, 3, 64, 64))]),
+        Schema(
+            [
+                TensorSpec(np.dtype("float32"), (-1, 1), "prob"),
+                TensorSpec(np.dtype("float32"), (-1, 16), "embedding"),
+            ]
+        ),
+    )
+    (field,) = output_fields(_resolved(signature), "pred")
+    assert field.spark_type == "struct<prob:float,embedding:array<float>>"
+    assert signature_row_shape(_resolved(signature)) == (3, 64, 64)
+    assert signature_row_shape(_resolved(ModelSignature(Schema([ColSpec("double", "x")])))) == ()
