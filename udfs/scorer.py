@@ -66,7 +66,8 @@ def make_arrow_scorer(ref: ModelRef, plan: ScoringPlan, accumulator: Any = None)
             stats["device_by_worker"][worker] = choice.device
             stats["gpu_addresses_by_worker"][worker] = list(addresses)
             yield from ScoringLoop(predictor, plan, stats).run(itertools.chain([first], non_empty))
-        stats["loads_by_worker"][worker] = model_cache.load_count() - loads_before
+            # Only workers that scored rows count, so loads == workers when each loaded once.
+            stats["loads_by_worker"][worker] = model_cache.load_count() - loads_before
         if accumulator is not None:
             accumulator.add(stats)
 

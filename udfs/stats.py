@@ -93,7 +93,7 @@ def summary_metrics(stats: dict[str, Any]) -> dict[str, float]:
     batches = max(stats["batches"], 1)
     metrics = {
         "model_loads": float(sum(stats["loads_by_worker"].values())),
-        "scoring_workers": float(len(stats["loads_by_worker"])),
+        "scoring_workers": float(len(stats["loads_by_worker"])),  # Python workers that scored rows
         "scoring_tasks": float(stats["tasks"]),
         "model_batches": float(stats["batches"]),
         "oom_backoffs": float(stats["oom_backoffs"]),
