@@ -148,13 +148,20 @@ class PyfuncPredictor:
         return None
 
 
-def load_torch_module(ref: ModelRef, device: str) -> Any:
-    """The registered torch module of ``ref`` (exactly its pinned version), in eval mode on ``device``."""
+def _use_registry(ref: ModelRef) -> Any:
+    """Point this worker's mlflow at the registry the driver resolved ``ref`` in; returns the module."""
     import mlflow
-    import mlflow.pytorch
 
     mlflow.set_tracking_uri(ref.tracking_uri)
     mlflow.set_registry_uri(ref.registry_uri)
+    return mlflow
+
+
+def load_torch_module(ref: ModelRef, device: str) -> Any:
+    """The registered torch module of ``ref`` (exactly its pinned version), in eval mode on ``device``."""
+    import mlflow.pytorch
+
+    _use_registry(ref)
     module = mlflow.pytorch.load_model(ref.load_uri, map_location=device)
     # torch.export (pt2) modules are already inference graphs and refuse eval().
     with contextlib.suppress(NotImplementedError):
@@ -169,8 +176,5 @@ def load_predictor(ref: ModelRef, plan: ScoringPlan, device: str) -> Predictor:
     if ref.flavor == "pytorch":
         module = load_torch_module(ref, device)
         return TorchPredictor(module, device, plan.feature_columns, plan.row_shape, plan.autocast)
-    import mlflow
-
-    mlflow.set_tracking_uri(ref.tracking_uri)
-    mlflow.set_registry_uri(ref.registry_uri)
-    return PyfuncPredictor(mlflow.pyfunc.load_model(ref.load_uri), plan.feature_columns, plan.input_names)
+    model = _use_registry(ref).pyfunc.load_model(ref.load_uri)
+    return PyfuncPredictor(model, plan.feature_columns, plan.input_names)
