@@ -74,6 +74,11 @@ class TableSection(StrictModel):
 
 class InputSection(TableSection):
     format: Literal["delta", "parquet"] = "delta"
+    read_mode: Literal["auto", "files", "dataframe"] = Field(
+        "auto",
+        description="files: tasks read the Delta table's Parquet files with pyarrow; "
+        "dataframe: through Spark; auto: files when the table allows it",
+    )
     feature_columns: list[str] | None = Field(
         None, description="defaults to the column names of the model's input signature"
     )

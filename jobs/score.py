@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from jobs.config import ScoringJobConfig, load_job_config
 from jobs.errors import BatchscoreError, SchemaMismatchError, TableLocationError
+from jobs.file_scan import FileScan, plan_file_scan
 from jobs.home import resolve_location
 from jobs.registry import (
     ResolvedModel,
@@ -34,6 +35,7 @@ from jobs.registry import (
 from jobs.session import spark_session
 from jobs.tables import committed_rows, read_input, write_idempotent
 from jobs.tracking import job_run, tracking_target
+from udfs.file_reader import PATH_COLUMN, make_file_scorer
 from udfs.scorer import make_arrow_scorer
 from udfs.spec import ModelRef, OutputField, ScoringPlan
 from udfs.stats import StatsAccumulatorParam, empty_stats, summary_metrics
@@ -148,21 +150,18 @@ def stats_accumulator(spark: SparkSession) -> Any:
     return context.accumulator(empty_stats(), cast("AccumulatorParam[Any]", StatsAccumulatorParam()))
 
 
-def transform(
-    df: DataFrame, ref: ModelRef, plan: ScoringPlan, lineage: Lineage, stats: Any = None
-) -> DataFrame:
-    """Score ``df``: pass-through columns, prediction columns, then the lineage columns.
-
-    Pure: no I/O beyond what Spark does lazily, so tests run it on small inline DataFrames. ``stats``,
-    from :func:`stats_accumulator`, collects model loads and batch timings when the result is computed.
-    """
-    from pyspark.sql import functions as F
+def _output_schema(df: DataFrame, plan: ScoringPlan) -> Any:
     from pyspark.sql import types as T
 
     fields = [df.schema[name] for name in plan.passthrough_columns]
     fields += [T.StructField(out.name, _spark_type(out), nullable=False) for out in plan.outputs]
-    selected = df.select(*_unique([*plan.passthrough_columns, *plan.feature_columns]))
-    scored = selected.mapInArrow(make_arrow_scorer(ref, plan, stats), T.StructType(fields))
+    return T.StructType(fields)
+
+
+def with_lineage(scored: DataFrame, lineage: Lineage) -> DataFrame:
+    """Append the lineage columns every output row carries."""
+    from pyspark.sql import functions as F
+
     return scored.withColumns(
         {
             "model_name": F.lit(lineage.model_name).cast("string"),
@@ -172,6 +171,54 @@ def transform(
             "job_run_id": F.lit(lineage.job_run_id),
         }
     )
+
+
+def transform(
+    df: DataFrame, ref: ModelRef, plan: ScoringPlan, lineage: Lineage, stats: Any = None
+) -> DataFrame:
+    """Score ``df``: pass-through columns, prediction columns, then the lineage columns.
+
+    Pure: no I/O beyond what Spark does lazily, so tests run it on small inline DataFrames. ``stats``,
+    from :func:`stats_accumulator`, collects model loads and batch timings when the result is computed.
+    """
+    selected = df.select(*_unique([*plan.passthrough_columns, *plan.feature_columns]))
+    scored = selected.mapInArrow(make_arrow_scorer(ref, plan, stats), _output_schema(df, plan))
+    return with_lineage(scored, lineage)
+
+
+def transform_files(
+    df: DataFrame, scan: FileScan, ref: ModelRef, plan: ScoringPlan, lineage: Lineage, *, stats: Any = None
+) -> DataFrame:
+    """Score the files of ``scan`` (``df``'s data files): the same rows and columns as :func:`transform`,
+    but each task reads its own files with pyarrow, so only keys and scores cross into the JVM."""
+    spark = df.sparkSession
+    tasks = max(1, min(len(scan.files), spark.sparkContext.defaultParallelism * 4))
+    paths = spark.createDataFrame([(f,) for f in scan.files], f"{PATH_COLUMN} string").repartition(tasks)
+    scorer = make_file_scorer(ref, plan, list(scan.file_columns), scan.constants, stats)
+    return with_lineage(paths.mapInArrow(scorer, _output_schema(df, plan)), lineage)
+
+
+def score_input(
+    spark: SparkSession,
+    df: DataFrame,
+    cfg: ScoringJobConfig,
+    ds: str | None,
+    resolved: tuple[ModelRef, ScoringPlan],
+    *,
+    lineage: Lineage,
+    stats: Any = None,
+) -> DataFrame:
+    """The scored DataFrame, read by the tasks from the table's files when allowed, else through Spark."""
+    ref, plan = resolved
+    needed = list(_unique([*plan.passthrough_columns, *plan.feature_columns]))
+    scan, why = plan_file_scan(spark, df, cfg.input, ds, needed)
+    if scan is None:
+        if cfg.input.read_mode == "files":
+            raise SchemaMismatchError(f"input.read_mode is files but {why}; use auto or dataframe")
+        log.info("reading %s through Spark: %s", cfg.input.describe(), why)
+        return transform(df, ref, plan, lineage, stats)
+    log.info("tasks read %d file(s) of %s directly (%s)", len(scan.files), cfg.input.describe(), why)
+    return transform_files(df, scan, ref, plan, lineage, stats=stats)
 
 
 def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> ScoreResult:
@@ -204,7 +251,8 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
             }
         )
         stats = stats_accumulator(spark)
-        scored = transform(df, ref, plan, Lineage.for_model(ref, tracker.run_id), stats)
+        lineage = Lineage.for_model(ref, tracker.run_id)
+        scored = score_input(spark, df, cfg, ds, (ref, plan), lineage=lineage, stats=stats)
         log.info("scoring %s into %s", cfg.input.describe(), output)
         write_idempotent(scored, cfg.output, ds, commit_tag=tracker.run_id)
         rows = committed_rows(spark, cfg.output, tracker.run_id)

@@ -1,0 +1,73 @@
+"""Deciding whether tasks may read the input's files themselves (the fast path) and listing those files.
+
+Eligible: a Delta table without deletion vectors or column mapping (the Parquet files then hold exactly the
+table's rows and column names), whose partition columns the job needs are all fixed by ``--ds``. Otherwise
+the job reads through Spark's DataFrame (``input.read_mode: auto`` falls back and logs why;
+``files`` makes it an error).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from jobs.errors import TableLocationError
+from jobs.home import resolve_location
+from jobs.tables import validate_table_name
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from jobs.config import InputSection
+
+log = logging.getLogger(__name__)
+
+# Table features under which a Parquet file alone does not give the table's rows or names.
+_BLOCKING_FEATURES = ("deletionVectors", "columnMapping", "rowTracking", "typeWidening")
+
+
+@dataclass(frozen=True)
+class FileScan:
+    """The input's data files after partition pruning, and the partition values to add to their rows."""
+
+    files: tuple[str, ...]
+    file_columns: tuple[str, ...]
+    constants: dict[str, Any] = field(default_factory=dict)
+
+
+def _table_detail(spark: SparkSession, section: InputSection) -> dict[str, Any]:
+    if section.table is not None:
+        target = validate_table_name(section.table)
+    else:
+        location = resolve_location(section.path or "")
+        if "`" in location:
+            raise TableLocationError(f"input path must not contain a backtick, found {location!r}")
+        target = f"delta.`{location}`"
+    detail: dict[str, Any] = spark.sql(f"DESCRIBE DETAIL {target}").collect()[0].asDict()
+    return detail
+
+
+def plan_file_scan(
+    spark: SparkSession, df: DataFrame, section: InputSection, ds: str | None, needed: Sequence[str]
+) -> tuple[FileScan | None, str]:
+    """``(scan, why)``: the file scan when the fast path is allowed, else ``None`` and the reason."""
+    if section.read_mode == "dataframe":
+        return None, "input.read_mode is dataframe"
+    if section.format != "delta":
+        return None, f"input format is {section.format}, not delta"
+    detail = _table_detail(spark, section)
+    blocking = [f for f in detail.get("tableFeatures") or [] if f in _BLOCKING_FEATURES]
+    if blocking:
+        return None, f"the Delta table uses {blocking}"
+    partition_columns = list(detail.get("partitionColumns") or [])
+    constants: dict[str, Any] = {}
+    for column in partition_columns:
+        if column not in needed:
+            continue
+        if ds is None or column != section.partition_column:
+            return None, f"partition column {column!r} is needed but not fixed by --ds"
+        constants[column] = ds
+    file_columns = tuple(c for c in needed if c not in partition_columns)
+    return FileScan(tuple(df.inputFiles()), file_columns, constants), "plain Delta table"

@@ -1,0 +1,66 @@
+"""The fast path: tasks read the Delta table's Parquet files themselves. Same rows as through Spark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.errors import SchemaMismatchError
+from jobs.file_scan import plan_file_scan
+from jobs.score import run
+from tests.conftest import DATES, ROWS_PER_DAY, Registry
+from tests.helpers import assert_close, job_config
+
+NEEDED = ["transaction_id", "label", "ds", *(f"f{i}" for i in range(16))]
+
+
+def _with_read_mode(cfg, mode: str):
+    return cfg.model_copy(update={"input": cfg.input.model_copy(update={"read_mode": mode})})
+
+
+def test_file_scan_lists_only_the_partition_files(spark, input_path: str, registry: Registry) -> None:
+    cfg = job_config(input_path, "unused")
+    df = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[1]}'")
+    scan, why = plan_file_scan(spark, df, cfg.input, DATES[1], NEEDED)
+    assert scan is not None, why
+    assert scan.files and all(f"ds={DATES[1]}" in f for f in scan.files)
+    assert scan.constants == {"ds": DATES[1]}
+    assert "ds" not in scan.file_columns and "f0" in scan.file_columns
+    whole, why = plan_file_scan(spark, spark.read.format("delta").load(input_path), cfg.input, None, NEEDED)
+    assert whole is None and "'ds' is needed but not fixed by --ds" in why
+
+
+def test_files_and_dataframe_paths_write_the_same_rows(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    outputs = {}
+    for mode in ("files", "dataframe"):
+        out = str(tmp_path / mode)
+        result = run(spark, _with_read_mode(job_config(input_path, out, batch_size=33), mode), DATES[1])
+        assert result.rows_scored == ROWS_PER_DAY
+        frame = spark.read.format("delta").load(out).drop("scored_at", "job_run_id").toPandas()
+        outputs[mode] = frame.sort_values("transaction_id").reset_index(drop=True)
+    files, frame = outputs["files"], outputs["dataframe"]
+    assert list(files.columns) == list(frame.columns)
+    non_score = [c for c in files.columns if c != "fraud_score"]
+    assert files[non_score].equals(frame[non_score])
+    assert_close(files[["fraud_score"]].to_numpy(), frame[["fraud_score"]].to_numpy(), rtol=1e-6)
+
+
+def test_tables_with_deletion_vectors_are_read_through_spark(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    dv_path = str(tmp_path / "dv_input")
+    source = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[2]}'")
+    source.write.format("delta").option("delta.enableDeletionVectors", "true").partitionBy("ds").save(dv_path)
+    spark.sql(f"DELETE FROM delta.`{dv_path}` WHERE transaction_id % 10 = 0")
+    cfg = job_config(dv_path, str(tmp_path / "out"))
+    df = spark.read.format("delta").load(dv_path).where(f"ds = '{DATES[2]}'")
+    scan, why = plan_file_scan(spark, df, cfg.input, DATES[2], NEEDED)
+    assert scan is None and "deletionVectors" in why
+    # auto falls back to Spark, which honours the deletion vectors: the deleted rows stay deleted.
+    result = run(spark, cfg, DATES[2])
+    assert result.rows_scored == ROWS_PER_DAY - ROWS_PER_DAY // 10
+    with pytest.raises(SchemaMismatchError, match=r"input\.read_mode is files but the Delta table uses"):
+        run(spark, _with_read_mode(cfg, "files"), DATES[2])

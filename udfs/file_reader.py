@@ -1,0 +1,66 @@
+"""Scoring straight from Parquet files: each task reads its own files with pyarrow.
+
+When the input is a plain Delta/Parquet table, moving every feature column from the JVM to Python costs more
+than scoring. Here a task receives only file paths, reads the columns it needs with pyarrow (projection
+pushed into the Parquet reader), scores them with the same :class:`~udfs.runtime.ScoringLoop`, and hands only
+pass-through columns and predictions back to Spark.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+
+from udfs.scorer import ArrowScorer, make_arrow_scorer
+from udfs.spec import ModelRef, ScoringPlan
+
+PATH_COLUMN = "path"
+
+
+def open_parquet(uri: str) -> Any:
+    """A ``pyarrow.parquet.ParquetFile`` for a Spark file URI (``file:/…``, ``s3a://…``, plain path)."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return pq.ParquetFile(unquote(parsed.path))
+    scheme = {"s3a": "s3", "s3n": "s3"}.get(parsed.scheme, parsed.scheme)
+    filesystem, path = pafs.FileSystem.from_uri(uri.replace(f"{parsed.scheme}://", f"{scheme}://", 1))
+    return pq.ParquetFile(filesystem.open_input_file(path))
+
+
+def read_files(
+    paths: Iterator[str], columns: list[str], rows_per_batch: int, constants: Mapping[str, Any]
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of ``columns`` from each file, with constant columns (partition values) appended."""
+    for path in paths:
+        parquet = open_parquet(path)
+        for batch in parquet.iter_batches(batch_size=rows_per_batch, columns=columns, use_threads=False):
+            if not constants:
+                yield batch
+                continue
+            arrays = list(batch.columns) + [pa.repeat(value, batch.num_rows) for value in constants.values()]
+            yield pa.RecordBatch.from_arrays(arrays, names=[*batch.schema.names, *constants])
+
+
+def make_file_scorer(
+    ref: ModelRef,
+    plan: ScoringPlan,
+    file_columns: list[str],
+    constants: Mapping[str, Any],
+    accumulator: Any = None,
+) -> ArrowScorer:
+    """A ``mapInArrow`` function over a DataFrame of file paths that reads and scores those files."""
+    score = make_arrow_scorer(ref, plan, accumulator)
+    constants = dict(constants)
+
+    def score_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        paths = itertools.chain.from_iterable(b.column(PATH_COLUMN).to_pylist() for b in batches)
+        yield from score(read_files(paths, file_columns, plan.batch_size, constants))
+
+    return score_files
