@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export BATCHSCORE_HOME ?= $(CURDIR)/.batchscore
 
-.PHONY: setup demo test lint typecheck pytest lock clean
+.PHONY: setup demo test lint typecheck pytest bench bench-quick lock clean
 
 # Virtualenv with the exact versions of constraints.txt (pip's cache is reused between machines' runs).
 $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
@@ -34,6 +34,13 @@ pytest: setup
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# Benchmarks (not part of the test suite): our path vs mlflow spark_udf, predict_batch_udf, raw torch, JVM scan.
+bench: setup
+	$(PY) bench/bench.py
+
+bench-quick: setup
+	$(PY) bench/bench.py --quick
 
 lock: $(VENV)/.installed
 	{ echo '# Exact versions seen to install together (python 3.11, linux x86_64). Regenerate with `make lock`.'; \
