@@ -129,6 +129,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8192)
     parser.add_argument("--paths", default="ours,ours_delta,spark_udf,predict_batch_udf,torch,jvm")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
     args = parser.parse_args()
     rows = 1_000_000 if args.quick else args.rows
     paths = args.paths.split(",")
@@ -145,7 +146,8 @@ def main() -> int:
 
     configure_logging("WARNING")
     home = batchscore_home()
-    spark, _ = get_or_create_session("local", {"spark.ui.enabled": "false"})
+    extra = dict(item.split("=", 1) for item in args.conf)
+    spark, _ = get_or_create_session("local", {"spark.ui.enabled": "false", **extra})
     input_path = str(home / "bench" / f"input_{rows}")
     ensure_input(spark, input_path, rows, args.files, args.features)
     tracking = default_tracking_uri(home)
