@@ -18,7 +18,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from jobs.config import ScoringJobConfig, load_job_config
@@ -191,11 +191,21 @@ def transform_files(
 ) -> DataFrame:
     """Score the files of ``scan`` (``df``'s data files): the same rows and columns as :func:`transform`,
     but each task reads its own files with pyarrow, so only keys and scores cross into the JVM."""
+    from pyspark.sql import functions as F
+
     spark = df.sparkSession
     tasks = max(1, min(len(scan.files), spark.sparkContext.defaultParallelism * 4))
     paths = spark.createDataFrame([(f,) for f in scan.files], f"{PATH_COLUMN} string").repartition(tasks)
-    scorer = make_file_scorer(ref, plan, list(scan.file_columns), scan.constants, stats)
-    return with_lineage(paths.mapInArrow(scorer, _output_schema(df, plan)), lineage)
+    # Partition values are constants: the JVM adds them, so Python never ships them row by row.
+    in_python = replace(
+        plan, passthrough_columns=tuple(c for c in plan.passthrough_columns if c not in scan.constants)
+    )
+    scorer = make_file_scorer(ref, in_python, list(scan.file_columns), stats)
+    scored = paths.mapInArrow(scorer, _output_schema(df, in_python)).withColumns(
+        {name: F.lit(value).cast(df.schema[name].dataType) for name, value in scan.constants.items()}
+    )
+    ordered = [*plan.passthrough_columns, *(out.name for out in plan.outputs)]
+    return with_lineage(scored.select(*ordered), lineage)
 
 
 def score_input(

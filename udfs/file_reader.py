@@ -9,7 +9,7 @@ pass-through columns and predictions back to Spark.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -34,33 +34,22 @@ def open_parquet(uri: str) -> Any:
     return pq.ParquetFile(filesystem.open_input_file(path))
 
 
-def read_files(
-    paths: Iterator[str], columns: list[str], rows_per_batch: int, constants: Mapping[str, Any]
-) -> Iterator[pa.RecordBatch]:
-    """Record batches of ``columns`` from each file, with constant columns (partition values) appended."""
+def read_files(paths: Iterator[str], columns: list[str], rows_per_batch: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of ``columns`` from each file, in file order."""
     for path in paths:
-        parquet = open_parquet(path)
-        for batch in parquet.iter_batches(batch_size=rows_per_batch, columns=columns, use_threads=False):
-            if not constants:
-                yield batch
-                continue
-            arrays = list(batch.columns) + [pa.repeat(value, batch.num_rows) for value in constants.values()]
-            yield pa.RecordBatch.from_arrays(arrays, names=[*batch.schema.names, *constants])
+        yield from open_parquet(path).iter_batches(
+            batch_size=rows_per_batch, columns=columns, use_threads=False
+        )
 
 
 def make_file_scorer(
-    ref: ModelRef,
-    plan: ScoringPlan,
-    file_columns: list[str],
-    constants: Mapping[str, Any],
-    accumulator: Any = None,
+    ref: ModelRef, plan: ScoringPlan, file_columns: list[str], accumulator: Any = None
 ) -> ArrowScorer:
     """A ``mapInArrow`` function over a DataFrame of file paths that reads and scores those files."""
     score = make_arrow_scorer(ref, plan, accumulator)
-    constants = dict(constants)
 
     def score_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         paths = itertools.chain.from_iterable(b.column(PATH_COLUMN).to_pylist() for b in batches)
-        yield from score(read_files(paths, file_columns, plan.batch_size, constants))
+        yield from score(read_files(paths, file_columns, plan.batch_size))
 
     return score_files
