@@ -124,7 +124,8 @@ def test_vector_and_struct_inputs_are_stacked_without_pandas() -> None:
     batch = pa.RecordBatch.from_arrays([emb, fixed, point, pa.array([9, 10])], names=["emb", "fx", "pt", "n"])
     assert features_to_numpy(batch, ["emb"]).tolist() == [[1, 2, 3], [4, 5, 6]]
     stacked = features_to_numpy(batch, ["n", "emb", "fx", "pt"])
-    assert stacked.dtype == np.float32 and stacked.flags["C_CONTIGUOUS"]
+    # One contiguous buffer, laid out feature by feature (column-major).
+    assert stacked.dtype == np.float32 and stacked.flags["F_CONTIGUOUS"]
     assert stacked.tolist() == [[9, 1, 2, 3, 1, 2, 7, 0.5], [10, 4, 5, 6, 3, 4, 8, 1.5]]
     images = pa.array([list(range(12)), list(range(12, 24))], type=pa.list_(pa.float32()))
     image_batch = pa.RecordBatch.from_arrays([images], names=["img"])
