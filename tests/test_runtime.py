@@ -17,6 +17,9 @@ from udfs.spec import OutputField, ScoringPlan
 from udfs.stats import empty_stats, latency_percentile_ms, merge, summary_metrics
 
 SCORE = (OutputField("score", "float32"),)
+# The loop and the reference both compute in float32, but CPU kernels round differently for different
+# batch shapes and memory layouts (seen on a 16-core host): compare at float32 precision.
+F32 = {"rtol": 1e-5, "atol": 1e-6}
 
 
 def table(rows: int, batch_rows: int) -> list[pa.RecordBatch]:
@@ -60,7 +63,7 @@ def test_rebatched_scores_match_torch_and_keep_row_order(rows: int, arrow_rows: 
     batches = table(rows, arrow_rows)
     result = run(module, batches, plan(batch_size))
     assert result["id"].to_pylist() == list(range(rows))
-    np.testing.assert_allclose(result["score"].to_numpy(), reference(module, batches), rtol=1e-6)
+    np.testing.assert_allclose(result["score"].to_numpy(), reference(module, batches), **F32)
 
 
 def test_rebatch_sizes_are_independent_of_arrow_batches() -> None:
@@ -95,7 +98,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_smaller_size() -> None:
     batches = table(200, 200)
     stats = empty_stats()
     result = run(module, batches, plan(100), stats)
-    np.testing.assert_allclose(result["score"].to_numpy(), reference(module.inner, batches), rtol=1e-6)
+    np.testing.assert_allclose(result["score"].to_numpy(), reference(module.inner, batches), **F32)
     assert result["id"].to_pylist() == list(range(200))
     # 100 fails, 50 fails, 25 fails, then 12-row chunks for the rest of the task: never 100 again.
     assert module.sizes[:4] == [100, 50, 25, 12]
@@ -170,9 +173,9 @@ def test_vector_and_struct_outputs() -> None:
     with torch.no_grad():
         expected = module(x)
     pred = result["pred"].combine_chunks()
-    np.testing.assert_allclose(pred.field("prob").to_numpy(), expected["prob"].numpy().reshape(-1), rtol=1e-6)
+    np.testing.assert_allclose(pred.field("prob").to_numpy(), expected["prob"].numpy().reshape(-1), **F32)
     embedding = np.stack(pred.field("embedding").to_numpy(zero_copy_only=False))
-    np.testing.assert_allclose(embedding, expected["embedding"].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(embedding, expected["embedding"].numpy(), **F32)
 
 
 def test_bf16_autocast_on_cpu_returns_float32_scores() -> None:
