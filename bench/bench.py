@@ -127,6 +127,7 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=40)
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8192)
+    parser.add_argument("--prefetch", type=int, default=2, help="model.prefetch for our path")
     parser.add_argument("--paths", default="ours,ours_delta,spark_udf,predict_batch_udf,torch,jvm")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
@@ -156,7 +157,12 @@ def main() -> int:
     cfg = ScoringJobConfig.model_validate(
         {
             "name": "bench",
-            "model": {"uri": model_uri, "batch_size": args.batch_size, "prediction_column": "score"},
+            "model": {
+                "uri": model_uri,
+                "batch_size": args.batch_size,
+                "prediction_column": "score",
+                "prefetch": args.prefetch,
+            },
             "input": {"path": input_path},
             "output": {"path": str(home / "bench" / "out_ours"), "key_columns": ["key"]},
             "mlflow": {"experiment": "batchscore-bench", "log_run": False},
