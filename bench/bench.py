@@ -71,11 +71,26 @@ def ensure_input(spark: Any, path: str, rows: int, files: int, n_features: int) 
     marker.write_text(json.dumps(params))
 
 
+def build_mlp(n_features: int) -> Any:
+    """The benchmark model, MLP n-128-64-1 with a sigmoid: registered for the Spark paths, and the same
+    architecture for the raw torch ceiling."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(n_features, 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 1),
+        torch.nn.Sigmoid(),
+    ).eval()
+
+
 def ensure_model(tracking_uri: str, n_features: int) -> str:
     """Register the MLP 32-128-64-1 once; returns its pinned models:/ URI."""
     import mlflow
     import mlflow.pytorch
-    import torch
     from mlflow import MlflowClient
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -88,15 +103,7 @@ def ensure_model(tracking_uri: str, n_features: int) -> str:
         versions = []
     if versions:
         return f"models:/{MODEL}/{max(int(v.version) for v in versions)}"
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(n_features, 128),
-        torch.nn.ReLU(),
-        torch.nn.Linear(128, 64),
-        torch.nn.ReLU(),
-        torch.nn.Linear(64, 1),
-        torch.nn.Sigmoid(),
-    ).eval()
+    model = build_mlp(n_features)
     signature = ModelSignature(
         Schema([ColSpec("double", f) for f in features(n_features)]), Schema([ColSpec("double", "score")])
     )
@@ -273,14 +280,7 @@ def main() -> int:
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
-        model = torch.nn.Sequential(
-            torch.nn.Linear(args.features, 128),
-            torch.nn.ReLU(),
-            torch.nn.Linear(128, 64),
-            torch.nn.ReLU(),
-            torch.nn.Linear(64, 1),
-            torch.nn.Sigmoid(),
-        ).eval()
+        model = build_mlp(args.features)
         sample = min(rows, 4_000_000)
         x = torch.from_numpy(np.random.default_rng(0).random((sample, args.features), dtype=np.float32))
         started = time.perf_counter()
