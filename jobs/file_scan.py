@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 _BLOCKING_FEATURES = ("deletionVectors", "columnMapping", "rowTracking", "typeWidening")
 
 
+# A task reads about this many bytes of Parquet at most: big enough that Spark's per-task cost (tens of ms)
+# is noise, small enough that a retried or straggling task redoes little.
+TASK_BYTES = 1 << 30
+
+
 @dataclass(frozen=True)
 class FileScan:
     """The input's data files after partition pruning, and the partition values to add to their rows."""
@@ -35,6 +40,25 @@ class FileScan:
     files: tuple[str, ...]
     file_columns: tuple[str, ...]
     constants: dict[str, Any] = field(default_factory=dict)
+    bytes_estimate: int = 0  # the files' size, from the table's mean file size
+
+    def task_count(self, parallelism: int, task_bytes: int = TASK_BYTES) -> int:
+        """How many tasks read the files: at most ``task_bytes`` each, a multiple of ``parallelism`` (so the
+        last wave keeps every core busy), never more than one per file."""
+        parallelism = max(1, parallelism)
+        waves = max(1, -(-self.bytes_estimate // (task_bytes * parallelism)))
+        return max(1, min(len(self.files), waves * parallelism))
+
+    def file_groups(self, parallelism: int, task_bytes: int = TASK_BYTES) -> list[list[str]]:
+        """The files in :meth:`task_count` contiguous groups whose sizes differ by one file at most."""
+        tasks = self.task_count(parallelism, task_bytes)
+        base, extra = divmod(len(self.files), tasks)
+        groups, start = [], 0
+        for index in range(tasks):
+            stop = start + base + (1 if index < extra else 0)
+            groups.append(list(self.files[start:stop]))
+            start = stop
+        return groups
 
 
 def _table_detail(spark: SparkSession, section: InputSection) -> dict[str, Any]:
@@ -70,4 +94,7 @@ def plan_file_scan(
             return None, f"partition column {column!r} is needed but not fixed by --ds"
         constants[column] = ds
     file_columns = tuple(c for c in needed if c not in partition_columns)
-    return FileScan(tuple(df.inputFiles()), file_columns, constants), "plain Delta table"
+    files = tuple(df.inputFiles())
+    mean_file_bytes = int(detail.get("sizeInBytes") or 0) // max(1, int(detail.get("numFiles") or 0))
+    scan = FileScan(files, file_columns, constants, bytes_estimate=mean_file_bytes * len(files))
+    return scan, "plain Delta table"

@@ -35,7 +35,7 @@ from jobs.registry import (
 from jobs.session import spark_session
 from jobs.tables import committed_rows, read_input, write_idempotent
 from jobs.tracking import job_run, tracking_target
-from udfs.file_reader import PATH_COLUMN, make_file_scorer
+from udfs.file_reader import make_file_scorer
 from udfs.scorer import make_arrow_scorer
 from udfs.spec import ModelRef, OutputField, ScoringPlan
 from udfs.stats import StatsAccumulatorParam, empty_stats, summary_metrics
@@ -194,14 +194,15 @@ def transform_files(
     from pyspark.sql import functions as F
 
     spark = df.sparkSession
-    tasks = max(1, min(len(scan.files), spark.sparkContext.defaultParallelism * 4))
-    paths = spark.createDataFrame([(f,) for f in scan.files], f"{PATH_COLUMN} string").repartition(tasks)
+    # One task per file group, without a shuffle: spark.range gives each partition exactly one group number.
+    groups = scan.file_groups(spark.sparkContext.defaultParallelism)
+    tasks = spark.range(0, len(groups), 1, numPartitions=len(groups))
     # Partition values are constants: the JVM adds them, so Python never ships them row by row.
     in_python = replace(
         plan, passthrough_columns=tuple(c for c in plan.passthrough_columns if c not in scan.constants)
     )
-    scorer = make_file_scorer(ref, in_python, list(scan.file_columns), stats)
-    scored = paths.mapInArrow(scorer, _output_schema(df, in_python)).withColumns(
+    scorer = make_file_scorer(ref, in_python, list(scan.file_columns), groups, stats)
+    scored = tasks.mapInArrow(scorer, _output_schema(df, in_python)).withColumns(
         {name: F.lit(value).cast(df.schema[name].dataType) for name, value in scan.constants.items()}
     )
     ordered = [*plan.passthrough_columns, *(out.name for out in plan.outputs)]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from jobs.errors import SchemaMismatchError
-from jobs.file_scan import plan_file_scan
+from jobs.file_scan import FileScan, plan_file_scan
 from jobs.score import run
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
 from tests.helpers import assert_close, job_config
@@ -29,6 +29,21 @@ def test_file_scan_lists_only_the_partition_files(spark, input_path: str, regist
     assert "ds" not in scan.file_columns and "f0" in scan.file_columns
     whole, why = plan_file_scan(spark, spark.read.format("delta").load(input_path), cfg.input, None, NEEDED)
     assert whole is None and "'ds' is needed but not fixed by --ds" in why
+
+
+def test_file_groups_are_balanced_contiguous_and_sized_by_bytes() -> None:
+    files = tuple(f"part-{i:03d}.parquet" for i in range(41))
+    gib = 1 << 30
+    # 41 files of ~64 MiB = 2.6 GiB on 2 cores: 2 waves of 2 tasks of at most 1 GiB each.
+    scan = FileScan(files, ("f0",), bytes_estimate=41 * (64 << 20))
+    groups = scan.file_groups(parallelism=2, task_bytes=gib)
+    assert len(groups) == 4
+    assert [p for g in groups for p in g] == list(files)  # every file once, in order
+    assert {len(g) for g in groups} == {10, 11}
+    # Small inputs still use every core; never more tasks than files; no files -> one empty task.
+    assert len(FileScan(files[:5], ("f0",), bytes_estimate=1000).file_groups(parallelism=8)) == 5
+    assert len(FileScan(files, ("f0",), bytes_estimate=1000).file_groups(parallelism=8)) == 8
+    assert FileScan((), ("f0",)).file_groups(parallelism=2) == [[]]
 
 
 def test_files_and_dataframe_paths_write_the_same_rows(

@@ -18,7 +18,7 @@ import pyarrow as pa
 from udfs.scorer import ArrowScorer, make_arrow_scorer
 from udfs.spec import ModelRef, ScoringPlan
 
-PATH_COLUMN = "path"
+GROUP_COLUMN = "id"  # the task's file group, as spark.range numbers it
 
 
 def open_parquet(uri: str) -> Any:
@@ -28,7 +28,7 @@ def open_parquet(uri: str) -> Any:
 
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
-        return pq.ParquetFile(unquote(parsed.path))
+        return pq.ParquetFile(unquote(parsed.path), memory_map=True)
     scheme = {"s3a": "s3", "s3n": "s3"}.get(parsed.scheme, parsed.scheme)
     filesystem, path = pafs.FileSystem.from_uri(uri.replace(f"{parsed.scheme}://", f"{scheme}://", 1))
     return pq.ParquetFile(filesystem.open_input_file(path))
@@ -43,13 +43,19 @@ def read_files(paths: Iterator[str], columns: list[str], rows_per_batch: int) ->
 
 
 def make_file_scorer(
-    ref: ModelRef, plan: ScoringPlan, file_columns: list[str], accumulator: Any = None
+    ref: ModelRef,
+    plan: ScoringPlan,
+    file_columns: list[str],
+    file_groups: list[list[str]],
+    accumulator: Any = None,
 ) -> ArrowScorer:
-    """A ``mapInArrow`` function over a DataFrame of file paths that reads and scores those files."""
+    """A ``mapInArrow`` function over ``spark.range(len(file_groups))`` that reads and scores, in each task,
+    the files of the group numbers it is given."""
     score = make_arrow_scorer(ref, plan, accumulator)
 
     def score_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        paths = itertools.chain.from_iterable(b.column(PATH_COLUMN).to_pylist() for b in batches)
+        groups = itertools.chain.from_iterable(b.column(GROUP_COLUMN).to_pylist() for b in batches)
+        paths = itertools.chain.from_iterable(file_groups[g] for g in groups)
         yield from score(read_files(paths, file_columns, plan.batch_size))
 
     return score_files
