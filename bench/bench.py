@@ -1,11 +1,14 @@
 """Benchmark: our scoring path vs mlflow spark_udf, pyspark predict_batch_udf, raw torch and a JVM scan.
 
-Same input (a Delta table of N rows x 32 double features in ~40 files, one `ds` partition), same registered
-torch model (MLP 32-128-64-1), same batch size. Prints a table of rows/s and peak Python-worker RSS, our ratio
-to each anchor, and writes bench/results/latest.json.
+Tabular workload: the same input (a Delta table of N rows x 32 double features in ~40 files, one `ds`
+partition), the same registered torch model (MLP 32-128-64-1), the same batch size, each path once into a
+noop sink and once into a Delta table (keys, scores, lineage). Then the cost per row of our path at other
+sizes (1 M by default), and a compute-bound workload: 768-d float embeddings in an array column scored by a
+heavier MLP (768-1024-1024-1). Prints tables of rows/s, peak Python-worker RSS and our ratio to each path;
+writes bench/results/latest.json.
 
-    python bench/bench.py [--rows 10000000 | --quick]
-                          [--paths ours,ours_delta,spark_udf,predict_batch_udf,torch,jvm]
+    python bench/bench.py [--rows 10000000 | --quick] [--paths ...] [--scaling-rows 1000000]
+                          [--emb-rows 200000]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import threading
 import time
@@ -119,6 +123,70 @@ def ensure_model(tracking_uri: str, n_features: int) -> str:
     return f"models:/{MODEL}/{info.registered_model_version}"
 
 
+def build_heavy_mlp(dim: int) -> Any:
+    """The compute-bound model, MLP dim-1024-1024-1 with a sigmoid (about 3.7 MFLOP per row)."""
+    import torch
+
+    torch.manual_seed(1)
+    return torch.nn.Sequential(
+        torch.nn.Linear(dim, 1024),
+        torch.nn.ReLU(),
+        torch.nn.Linear(1024, 1024),
+        torch.nn.ReLU(),
+        torch.nn.Linear(1024, 1),
+        torch.nn.Sigmoid(),
+    ).eval()
+
+
+def ensure_heavy_model(tracking_uri: str, dim: int) -> str:
+    """Register the heavy MLP with a tensor signature (one float32 input of shape (-1, dim)) once."""
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    from mlflow import MlflowClient
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    name = f"{MODEL}_heavy{dim}"
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        versions = MlflowClient().search_model_versions(f"name='{name}'")
+    except mlflow.exceptions.MlflowException:
+        versions = []
+    if versions:
+        return f"models:/{name}/{max(int(v.version) for v in versions)}"
+    signature = ModelSignature(
+        Schema([TensorSpec(np.dtype("float32"), (-1, dim))]),
+        Schema([TensorSpec(np.dtype("float32"), (-1, 1))]),
+    )
+    mlflow.set_experiment("batchscore-bench")
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(
+            build_heavy_mlp(dim),
+            name="model",
+            signature=signature,
+            registered_model_name=name,
+            serialization_format="pickle",
+        )
+    return f"models:/{name}/{info.registered_model_version}"
+
+
+def ensure_embeddings(spark: Any, path: str, rows: int, dim: int, files: int) -> None:
+    """A Delta table of ``key`` and ``embedding`` (array<float> of ``dim`` values), written once per size."""
+    from pyspark.sql import functions as F
+
+    marker = Path(path) / "_bench_params.json"
+    params = {"rows": rows, "dim": dim, "files": files}
+    if marker.is_file() and json.loads(marker.read_text()) == params:
+        return
+    df = spark.range(0, rows, numPartitions=files).select(
+        F.col("id").alias("key"),
+        F.array(*[F.rand(seed=i).cast("float") for i in range(dim)]).alias("embedding"),
+    )
+    df.withColumn("ds", F.lit(DS)).write.format("delta").mode("overwrite").partitionBy("ds").save(path)
+    marker.write_text(json.dumps(params))
+
+
 def timed(run: Callable[[], None]) -> tuple[float, float]:
     with WorkerRss() as rss:
         started = time.perf_counter()
@@ -127,188 +195,150 @@ def timed(run: Callable[[], None]) -> tuple[float, float]:
     return seconds, rss.peak_mb
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--quick", action="store_true", help="1,000,000 rows")
-    parser.add_argument("--files", type=int, default=40)
-    parser.add_argument("--features", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=8192)
-    parser.add_argument("--prefetch", type=int, default=2, help="model.prefetch for our path")
-    parser.add_argument("--paths", default="ours,ours_delta,spark_udf,predict_batch_udf,torch,jvm")
-    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
-    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
-    args = parser.parse_args()
-    rows = 1_000_000 if args.quick else args.rows
-    paths = args.paths.split(",")
+class Results:
+    """Rows/s, seconds and peak worker RSS per path of one workload; prints each as it is measured."""
 
-    os.environ.setdefault("BATCHSCORE_HOME", str(ROOT / ".batchscore"))
-    sys.path.insert(0, str(ROOT))
-    from jobs.config import ScoringJobConfig
-    from jobs.home import batchscore_home, default_tracking_uri
-    from jobs.registry import resolve_model
-    from jobs.score import Lineage, build_plan, configure_logging, run, score_input, stats_accumulator
-    from jobs.session import get_or_create_session
-    from jobs.tables import read_input
-    from udfs.stats import summary_metrics
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.paths: dict[str, dict[str, Any]] = {}
 
-    configure_logging("WARNING")
-    home = batchscore_home()
-    extra = dict(item.split("=", 1) for item in args.conf)
-    spark, _ = get_or_create_session("local", {"spark.ui.enabled": "false", **extra})
-    input_path = str(home / "bench" / f"input_{rows}")
-    ensure_input(spark, input_path, rows, args.files, args.features)
-    tracking = default_tracking_uri(home)
-    model_uri = ensure_model(tracking, args.features)
-    cols = features(args.features)
-    cfg = ScoringJobConfig.model_validate(
-        {
-            "name": "bench",
-            "model": {
-                "uri": model_uri,
-                "batch_size": args.batch_size,
-                "prediction_column": "score",
-                "prefetch": args.prefetch,
-            },
-            "input": {"path": input_path},
-            "output": {"path": str(home / "bench" / "out_ours"), "key_columns": ["key"]},
-            "mlflow": {"experiment": "batchscore-bench", "log_run": False},
-        }
-    )
-    df = spark.read.format("delta").load(input_path).where(f"ds = '{DS}'")
-    results: dict[str, dict[str, float]] = {}
-
-    def record(name: str, seconds: float, rss: float, extra: dict[str, Any] | None = None) -> None:
-        results[name] = {
-            "rows_per_s": rows / seconds,
+    def record(self, name: str, seconds: float, rss: float, extra: dict[str, Any] | None = None) -> None:
+        self.paths[name] = {
+            "rows_per_s": self.rows / seconds,
             "seconds": seconds,
             "peak_rss_mb": rss,
             **(extra or {}),
         }
         print(
-            f"  {name:<22} {rows / seconds:>12,.0f} rows/s  {seconds:7.1f} s  worker RSS {rss:7.0f} MB",
+            f"  {name:<30} {self.rows / seconds:>12,.0f} rows/s  {seconds:7.1f} s  worker RSS {rss:7.0f} MB",
             flush=True,
         )
 
-    if "ours" in paths:
-        resolved = resolve_model(model_uri, tracking)
-        plan = build_plan(resolved, cfg, df.columns)
-        lineage = Lineage.for_model(resolved.ref, "bench")
+    def table(self, ours_name: str) -> None:
+        ours = self.paths.get(ours_name, {}).get("rows_per_s")
+        if not ours:
+            return
+        print(f"\n| path | rows/s | peak worker RSS MB | {ours_name} / path |\n|---|---|---|---|")
+        for name, r in self.paths.items():
+            ratio = ours / r["rows_per_s"]
+            print(f"| {name} | {r['rows_per_s']:,.0f} | {r['peak_rss_mb']:.0f} | {ratio:.2f}x |")
+        print()
 
-        accumulators: list[Any] = []
 
-        def ours() -> None:
-            accumulators.append(stats_accumulator(spark))
-            scored = score_input(
-                spark,
-                read_input(spark, cfg.input, DS),
-                cfg,
-                DS,
-                (resolved.ref, plan),
-                lineage=lineage,
-                stats=accumulators[-1],
-            )
-            scored.write.format("noop").mode("overwrite").save()
+def noop(df: Any) -> None:
+    df.write.format("noop").mode("overwrite").save()
 
-        ours()  # warm: workers started, model resident (what a nightly job's later partitions see)
-        seconds, rss = timed(ours)
-        runtime = summary_metrics(accumulators[-1].value)
-        record("ours (noop sink)", seconds, rss, {"runtime": runtime})
-        print(
-            "    stages: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in runtime.items() if k.endswith(("_total_s", "tasks")))
-        )
-    if "ours_delta" in paths:
-        result_holder: list[Any] = []
-        seconds, rss = timed(lambda: result_holder.append(run(spark, cfg, DS)))
-        record("ours (Delta out)", seconds, rss, {"rows_written": result_holder[0].rows_scored})
-    if "spark_udf" in paths:
-        import mlflow
 
-        udf = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager="local", result_type="double")
-        record(
-            "mlflow spark_udf",
-            *timed(
-                lambda: (
-                    df.select("key", udf(*cols).alias("score")).write.format("noop").mode("overwrite").save()
-                )
-            ),
-        )
-    if "predict_batch_udf" in paths:
-        from pyspark.ml.functions import predict_batch_udf
+def delta_sink(path: str, lineage: Any) -> Callable[[Any], None]:
+    """Write (keys, scores, lineage, ds) into one partition of a Delta table, as our job does."""
+
+    def write(df: Any) -> None:
         from pyspark.sql import functions as F
-        from pyspark.sql.types import DoubleType
 
-        def make_predict_fn(uri: str = model_uri, tracking_uri: str = tracking) -> Callable[[Any], Any]:
-            import mlflow
-            import mlflow.pytorch
-            import torch
+        from jobs.score import with_lineage
 
-            mlflow.set_tracking_uri(tracking_uri)
-            model = mlflow.pytorch.load_model(uri).eval()
-
-            def predict(inputs: Any) -> Any:
-                with torch.inference_mode():
-                    return (
-                        model(torch.from_numpy(inputs.astype("float32")))
-                        .numpy()
-                        .reshape(-1)
-                        .astype("float64")
-                    )
-
-            return predict
-
-        pudf = predict_batch_udf(
-            make_predict_fn,
-            return_type=DoubleType(),
-            batch_size=args.batch_size,
-            input_tensor_shapes=[[args.features]],
+        (
+            with_lineage(df, lineage)
+            .withColumn("ds", F.lit(DS))
+            .write.format("delta")
+            .mode("overwrite")
+            .option("replaceWhere", f"ds = '{DS}'")
+            .partitionBy("ds")
+            .save(path)
         )
-        record(
-            "predict_batch_udf",
-            *timed(
-                lambda: (
-                    df.select("key", pudf(F.array(*cols)).alias("score"))
-                    .write.format("noop")
-                    .mode("overwrite")
-                    .save()
-                )
-            ),
-        )
-    if "torch" in paths:
-        import numpy as np
+
+    return write
+
+
+def spark_udf_scores(df: Any, model_uri: str, inputs: list[str], result_type: str) -> Any:
+    import mlflow
+
+    udf = mlflow.pyfunc.spark_udf(df.sparkSession, model_uri, env_manager="local", result_type=result_type)
+    return df.select("key", udf(*inputs).alias("score"))
+
+
+def predict_batch_scores(
+    df: Any, model_uri: str, tracking_uri: str, column: Any, *, width: int, batch_size: int
+) -> Any:
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql.types import DoubleType
+
+    def make_predict_fn(uri: str = model_uri, tracking: str = tracking_uri) -> Callable[[Any], Any]:
+        import mlflow
+        import mlflow.pytorch
         import torch
 
-        torch.set_num_threads(os.cpu_count() or 1)
-        model = build_mlp(args.features)
-        sample = min(rows, 4_000_000)
-        x = torch.from_numpy(np.random.default_rng(0).random((sample, args.features), dtype=np.float32))
-        started = time.perf_counter()
-        with torch.inference_mode():
-            for start in range(0, sample, args.batch_size):
-                model(x[start : start + args.batch_size]).numpy()
-        seconds = (time.perf_counter() - started) * rows / sample
-        record("raw torch (ceiling)", seconds, 0.0, {"threads": torch.get_num_threads()})
-    if "jvm" in paths:
-        expression = " + ".join(cols)
-        record(
-            "JVM scan (I/O ceiling)",
-            *timed(
-                lambda: (
-                    df.selectExpr("key", f"{expression} AS s").write.format("noop").mode("overwrite").save()
-                )
-            ),
-        )
+        mlflow.set_tracking_uri(tracking)
+        model = mlflow.pytorch.load_model(uri).eval()
 
-    ours = results.get("ours (noop sink)", {}).get("rows_per_s")
-    if ours:
-        print("\n| path | rows/s | peak worker RSS MB | ours / path |\n|---|---|---|---|")
-        for name, r in results.items():
-            print(
-                f"| {name} | {r['rows_per_s']:,.0f} | {r['peak_rss_mb']:.0f} "
-                f"| {ours / r['rows_per_s']:.2f}x |"
-            )
-    report = {
+        def predict(inputs: Any) -> Any:
+            with torch.inference_mode():
+                x = torch.from_numpy(inputs.astype("float32"))
+                return model(x).numpy().reshape(-1).astype("float64")
+
+        return predict
+
+    pudf = predict_batch_udf(
+        make_predict_fn, return_type=DoubleType(), batch_size=batch_size, input_tensor_shapes=[[width]]
+    )
+    return df.select("key", pudf(column).alias("score"))
+
+
+def raw_torch(model: Any, rows: int, width: int, batch_size: int, sample_rows: int) -> tuple[float, int]:
+    """Seconds for ``rows`` rows of in-memory float32 tensors, timed on ``sample_rows`` of them."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    sample = min(rows, sample_rows)
+    x = torch.from_numpy(np.random.default_rng(0).random((sample, width), dtype=np.float32))
+    with torch.inference_mode():
+        model(x[:batch_size])  # warm
+        started = time.perf_counter()
+        for start in range(0, sample, batch_size):
+            model(x[start : start + batch_size]).numpy()
+    return (time.perf_counter() - started) * rows / sample, torch.get_num_threads()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument(
+        "--quick", action="store_true", help="1,000,000 rows, no scaling runs, 50,000 emb rows"
+    )
+    parser.add_argument("--files", type=int, default=40)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8192)
+    parser.add_argument("--prefetch", type=int, default=2, help="model.prefetch for our path")
+    parser.add_argument("--paths", default=",".join(TABULAR_PATHS), help="tabular paths to run")
+    parser.add_argument(
+        "--scaling-rows", default="1000000", help="other sizes for our noop path (comma list; '' for none)"
+    )
+    parser.add_argument("--emb-rows", type=int, default=200_000, help="embeddings workload rows (0: skip)")
+    parser.add_argument("--emb-dim", type=int, default=768)
+    parser.add_argument("--emb-batch-size", type=int, default=1024)
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
+    args = parser.parse_args()
+    if args.quick:
+        args.rows, args.scaling_rows, args.emb_rows = 1_000_000, "", min(args.emb_rows, 50_000)
+    paths = args.paths.split(",")
+    unknown = sorted(set(paths) - set(TABULAR_PATHS))
+    if unknown:
+        parser.error(f"unknown path(s) {unknown}; expected some of {', '.join(TABULAR_PATHS)}")
+
+    os.environ.setdefault("BATCHSCORE_HOME", str(ROOT / ".batchscore"))
+    sys.path.insert(0, str(ROOT))
+    from jobs.home import batchscore_home
+    from jobs.score import configure_logging
+    from jobs.session import get_or_create_session
+
+    configure_logging("WARNING")
+    for old_output in (batchscore_home() / "bench").glob("out_*"):
+        shutil.rmtree(old_output)  # every Delta-out path creates its table, as a first nightly run does
+    extra = dict(item.split("=", 1) for item in args.conf)
+    spark, _ = get_or_create_session("local", {"spark.ui.enabled": "false", **extra})
+    report: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
@@ -316,20 +346,254 @@ def main() -> int:
             "platform": platform.platform(),
         },
         "params": {
-            "rows": rows,
+            "rows": args.rows,
             "files": args.files,
             "features": args.features,
             "batch_size": args.batch_size,
-            "model": "MLP 32-128-64-1",
+            "model": f"MLP {args.features}-128-64-1",
             "command": " ".join(sys.argv),
         },
-        "paths": results,
     }
+    print(
+        f"tabular workload: {args.rows:,} rows x {args.features} doubles, batch {args.batch_size}", flush=True
+    )
+    tab = tabular(spark, args, paths)
+    report["paths"] = tab.paths
+    sizes = [int(n) for n in args.scaling_rows.split(",") if n.strip()]
+    if sizes and "ours (noop sink)" in tab.paths:
+        report["scaling"] = scaling(spark, args, sizes, tab.paths["ours (noop sink)"])
+    if args.emb_rows > 0:
+        print(
+            f"embeddings workload: {args.emb_rows:,} rows x {args.emb_dim} floats (array column), "
+            f"MLP {args.emb_dim}-1024-1024-1, batch {args.emb_batch_size}",
+            flush=True,
+        )
+        emb = embeddings(spark, args)
+        report["embeddings"] = {
+            "rows": args.emb_rows,
+            "dim": args.emb_dim,
+            "batch_size": args.emb_batch_size,
+            "model": f"MLP {args.emb_dim}-1024-1024-1",
+            "paths": emb.paths,
+        }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.json}")
+    print(f"wrote {args.json}")
     spark.stop()
     return 0
+
+
+TABULAR_PATHS = (
+    "ours",
+    "ours_delta",
+    "spark_udf",
+    "spark_udf_delta",
+    "predict_batch_udf",
+    "predict_batch_udf_delta",
+    "torch",
+    "jvm",
+)
+
+
+def ours_job(spark: Any, cfg: Any, model_uri: str, tracking: str) -> Callable[[], dict[str, float]]:
+    """Our scoring path into a noop sink (model resolved and plan built once, like a job's later runs);
+    returns a callable that runs it and gives the workers' runtime metrics."""
+    from jobs.registry import resolve_model
+    from jobs.score import Lineage, build_plan, score_input, stats_accumulator
+    from jobs.tables import read_input
+    from udfs.stats import summary_metrics
+
+    resolved = resolve_model(model_uri, tracking)
+    plan = build_plan(resolved, cfg, read_input(spark, cfg.input, DS).columns)
+    lineage = Lineage.for_model(resolved.ref, "bench")
+
+    def once() -> dict[str, float]:
+        stats = stats_accumulator(spark)
+        scored = score_input(
+            spark,
+            read_input(spark, cfg.input, DS),
+            cfg,
+            DS,
+            (resolved.ref, plan),
+            lineage=lineage,
+            stats=stats,
+        )
+        noop(scored)
+        return summary_metrics(stats.value)
+
+    return once
+
+
+def job_config(
+    name: str, model_uri: str, input_path: str, batch_size: int, prefetch: int, **more: Any
+) -> Any:
+    from jobs.config import ScoringJobConfig
+    from jobs.home import batchscore_home
+
+    return ScoringJobConfig.model_validate(
+        {
+            "name": name,
+            "model": {
+                "uri": model_uri,
+                "batch_size": batch_size,
+                "prediction_column": "score",
+                "prefetch": prefetch,
+            },
+            "input": {"path": input_path, **more},
+            "output": {"path": str(batchscore_home() / "bench" / f"out_{name}"), "key_columns": ["key"]},
+            "mlflow": {"experiment": "batchscore-bench", "log_run": False},
+        }
+    )
+
+
+def run_ours(results: Results, name: str, job: Callable[[], dict[str, float]]) -> None:
+    job()  # warm: workers started, model resident (what a nightly job's later partitions see)
+    runtime: list[dict[str, float]] = []
+    seconds, rss = timed(lambda: runtime.append(job()))
+    results.record(name, seconds, rss, {"runtime": runtime[0]})
+    stages = ("task_us_per_row", "compute_total_s", "decode_total_s", "encode_total_s", "scoring_tasks")
+    print("    in workers: " + ", ".join(f"{k} {runtime[0][k]:.2f}" for k in stages), flush=True)
+
+
+def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
+    from pyspark.sql import functions as F
+
+    from jobs.home import batchscore_home, default_tracking_uri
+    from jobs.registry import resolve_model
+    from jobs.score import Lineage, run
+
+    home = batchscore_home()
+    input_path = str(home / "bench" / f"input_{args.rows}")
+    ensure_input(spark, input_path, args.rows, args.files, args.features)
+    tracking = default_tracking_uri(home)
+    model_uri = ensure_model(tracking, args.features)
+    cols = features(args.features)
+    cfg = job_config("tabular", model_uri, input_path, args.batch_size, args.prefetch)
+    df = spark.read.format("delta").load(input_path).where(f"ds = '{DS}'")
+    lineage = Lineage.for_model(resolve_model(model_uri, tracking).ref, "bench")
+    results = Results(args.rows)
+
+    if "ours" in paths:
+        run_ours(results, "ours (noop sink)", ours_job(spark, cfg, model_uri, tracking))
+    if "ours_delta" in paths:
+        holder: list[Any] = []
+        seconds, rss = timed(lambda: holder.append(run(spark, cfg, DS)))
+        results.record("ours (Delta out)", seconds, rss, {"rows_written": holder[0].rows_scored})
+    for name, scores in (
+        ("spark_udf", lambda: spark_udf_scores(df, model_uri, cols, "double")),
+        (
+            "predict_batch_udf",
+            lambda: predict_batch_scores(
+                df, model_uri, tracking, F.array(*cols), width=args.features, batch_size=args.batch_size
+            ),
+        ),
+    ):
+        label = "mlflow spark_udf" if name == "spark_udf" else name
+        if name in paths:
+            results.record(f"{label} (noop sink)", *timed(lambda scores=scores: noop(scores())))
+        if f"{name}_delta" in paths:
+            sink = delta_sink(str(home / "bench" / f"out_{name}"), lineage)
+            results.record(f"{label} (Delta out)", *timed(lambda sink=sink, scores=scores: sink(scores())))
+    if "torch" in paths:
+        seconds, threads = raw_torch(
+            build_mlp(args.features), args.rows, args.features, args.batch_size, 4_000_000
+        )
+        results.record("raw torch (compute ceiling)", seconds, 0.0, {"threads": threads})
+    if "jvm" in paths:
+        expression = " + ".join(cols)
+        results.record(
+            "JVM scan (I/O ceiling)", *timed(lambda: noop(df.selectExpr("key", f"{expression} AS s")))
+        )
+    results.table("ours (noop sink)")
+    return results
+
+
+def scaling(spark: Any, args: Any, sizes: list[int], main: dict[str, Any]) -> list[dict[str, Any]]:
+    """Our noop path at other sizes: end-to-end and in-worker cost per row, and peak worker RSS."""
+    from jobs.home import batchscore_home, default_tracking_uri
+
+    home = batchscore_home()
+    tracking = default_tracking_uri(home)
+    model_uri = ensure_model(tracking, args.features)
+    rows = [
+        {
+            "rows": args.rows,
+            "seconds": main["seconds"],
+            "peak_rss_mb": main["peak_rss_mb"],
+            "task_us_per_row": main["runtime"]["task_us_per_row"],
+        }
+    ]
+    for size in sizes:
+        if size == args.rows:
+            continue
+        input_path = str(home / "bench" / f"input_{size}")
+        ensure_input(spark, input_path, size, args.files, args.features)
+        cfg = job_config("tabular", model_uri, input_path, args.batch_size, args.prefetch)
+        results = Results(size)
+        run_ours(results, f"ours (noop sink) @ {size:,} rows", ours_job(spark, cfg, model_uri, tracking))
+        r = results.paths[f"ours (noop sink) @ {size:,} rows"]
+        rows.append(
+            {
+                "rows": size,
+                "seconds": r["seconds"],
+                "peak_rss_mb": r["peak_rss_mb"],
+                "task_us_per_row": r["runtime"]["task_us_per_row"],
+            }
+        )
+    rows.sort(key=lambda r: r["rows"])
+    small, large = rows[0], rows[-1]
+    # Two sizes give the job's fixed cost (planning, task launch) and the marginal cost of a row.
+    marginal = (large["seconds"] - small["seconds"]) / max(large["rows"] - small["rows"], 1)
+    fixed = small["seconds"] - marginal * small["rows"]
+    print("| rows | seconds | end-to-end us/row | in-worker us/row (per core) | peak worker RSS MB |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        r["us_per_row"] = r["seconds"] * 1e6 / r["rows"]
+        print(
+            f"| {r['rows']:,} | {r['seconds']:.2f} | {r['us_per_row']:.3f} | {r['task_us_per_row']:.3f} "
+            f"| {r['peak_rss_mb']:.0f} |"
+        )
+    ratio = small["task_us_per_row"] / large["task_us_per_row"]
+    print(
+        f"fixed cost per job {fixed:.2f} s, marginal {marginal * 1e6:.3f} us/row; in-worker cost per row "
+        f"{ratio:.2f}x from {small['rows']:,} to {large['rows']:,} rows\n",
+        flush=True,
+    )
+    return rows
+
+
+def embeddings(spark: Any, args: Any) -> Results:
+    """The compute-bound workload: an array<float> column into a heavier MLP."""
+    from pyspark.sql import functions as F
+
+    from jobs.home import batchscore_home, default_tracking_uri
+
+    home = batchscore_home()
+    rows, dim, batch = args.emb_rows, args.emb_dim, args.emb_batch_size
+    input_path = str(home / "bench" / f"emb_{rows}_{dim}")
+    ensure_embeddings(spark, input_path, rows, dim, files=8)
+    tracking = default_tracking_uri(home)
+    model_uri = ensure_heavy_model(tracking, dim)
+    cfg = job_config("embeddings", model_uri, input_path, batch, args.prefetch, feature_columns=["embedding"])
+    df = spark.read.format("delta").load(input_path).where(f"ds = '{DS}'")
+    results = Results(rows)
+    run_ours(results, "ours (noop sink)", ours_job(spark, cfg, model_uri, tracking))
+    results.record(
+        "mlflow spark_udf (noop sink)",
+        *timed(lambda: noop(spark_udf_scores(df, model_uri, ["embedding"], "float"))),
+    )
+    results.record(
+        "predict_batch_udf (noop sink)",
+        *timed(
+            lambda: noop(
+                predict_batch_scores(df, model_uri, tracking, F.col("embedding"), width=dim, batch_size=batch)
+            )
+        ),
+    )
+    seconds, threads = raw_torch(build_heavy_mlp(dim), rows, dim, batch, 50_000)
+    results.record("raw torch (compute ceiling)", seconds, 0.0, {"threads": threads})
+    results.table("ours (noop sink)")
+    return results
 
 
 if __name__ == "__main__":

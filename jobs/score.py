@@ -265,7 +265,9 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
         lineage = Lineage.for_model(ref, tracker.run_id)
         scored = score_input(spark, df, cfg, ds, (ref, plan), lineage=lineage, stats=stats)
         log.info("scoring %s into %s", cfg.input.describe(), output)
-        write_idempotent(scored, cfg.output, ds, commit_tag=tracker.run_id)
+        # Data skipping on keys and scalar scores ("find this entity", "scores above t"); not on lineage.
+        stats_columns = [*cfg.output.key_columns, *(o.name for o in plan.outputs if o.kind == "scalar")]
+        write_idempotent(scored, cfg.output, ds, commit_tag=tracker.run_id, stats_columns=stats_columns)
         rows = committed_rows(spark, cfg.output, tracker.run_id)
         duration = time.perf_counter() - started
         runtime = summary_metrics(stats.value) if stats is not None else {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from jobs.errors import SchemaMismatchError, TableLocationError
@@ -66,13 +67,23 @@ def read_input(spark: SparkSession, section: InputSection, ds: str | None) -> Da
     return df
 
 
-def write_idempotent(df: DataFrame, section: OutputSection, ds: str | None, commit_tag: str) -> None:
+def write_idempotent(
+    df: DataFrame,
+    section: OutputSection,
+    ds: str | None,
+    commit_tag: str,
+    stats_columns: Sequence[str] = (),
+) -> None:
     """Write ``df`` so that a rerun replaces exactly what the previous run of the same ``ds`` wrote.
 
     With ``ds``: Delta ``replaceWhere`` on that partition — one commit that removes the partition's old
     files and adds the new ones; other partitions are untouched. Without ``ds``: dynamic partition
     overwrite (every partition present in ``df`` is replaced). ``commit_tag`` goes into the commit's
     ``userMetadata`` so the job can find its own commit in the table history.
+
+    A table this creates collects file statistics on ``stats_columns`` only
+    (``delta.dataSkippingStatsColumns``; Delta ignores the option for an existing table): statistics on every
+    column, Delta's default, made the write cost ~40% more for lineage columns no query can skip on.
     """
     column = section.partition_column
     if ds is not None and column is None:
@@ -81,6 +92,9 @@ def write_idempotent(df: DataFrame, section: OutputSection, ds: str | None, comm
             "refusing to overwrite the whole table with one partition's rows"
         )
     writer = df.write.format("delta").mode("overwrite").option("userMetadata", commit_tag)
+    if stats_columns:
+        names = ",".join(validate_column(c) for c in stats_columns)
+        writer = writer.option("delta.dataSkippingStatsColumns", names)
     if column is not None:
         writer = writer.partitionBy(validate_column(column))
         if ds is not None:

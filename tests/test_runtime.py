@@ -211,6 +211,7 @@ def test_stats_latency_percentiles_and_merge() -> None:
     for ms in range(1, 101):  # 1..100 ms
         record_batch(a if ms % 2 else b, 10, ms / 3000, ms / 3000, ms / 3000)
     b["loads_by_worker"] = {"h:1": 1}
+    a["task_s"], b["task_s"] = 0.5, 1.5
     merged = merge(a, b)
     assert merged["batches"] == 100 and merged["rows"] == 1000
     assert latency_percentile_ms(merged, 0.5) == pytest.approx(50, rel=0.07)
@@ -218,6 +219,7 @@ def test_stats_latency_percentiles_and_merge() -> None:
     metrics = summary_metrics(merged)
     assert metrics["model_loads"] == 1 and metrics["scoring_workers"] == 1
     assert metrics["compute_mean_ms"] == pytest.approx(50.5 / 3, rel=1e-6)
+    assert metrics["task_total_s"] == 2.0 and metrics["task_us_per_row"] == pytest.approx(2000.0)
 
 
 @pytest.mark.parametrize(

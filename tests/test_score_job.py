@@ -103,6 +103,26 @@ def test_rerun_replaces_exactly_one_partition_in_one_commit(
     assert spark.read.format("delta").load(out).count() == 2 * ROWS_PER_DAY
 
 
+def test_new_output_table_keeps_file_statistics_on_keys_and_scores_only(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    import json
+
+    out = tmp_path / "scores"
+    run(spark, job_config(input_path, str(out)), DATES[0])
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{out}`").collect()[0]
+    assert detail["properties"]["delta.dataSkippingStatsColumns"] == "transaction_id,fraud_score"
+    adds = [
+        json.loads(line)["add"]
+        for log in sorted((out / "_delta_log").glob("*.json"))
+        for line in log.read_text().splitlines()
+        if '"add"' in line
+    ]
+    assert adds and all(
+        set(json.loads(a["stats"])["minValues"]) == {"transaction_id", "fraud_score"} for a in adds
+    )
+
+
 def test_run_logs_params_and_metrics_to_mlflow(
     spark, registry: Registry, input_path: str, tmp_path: Path
 ) -> None:

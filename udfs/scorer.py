@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -65,9 +66,11 @@ def make_arrow_scorer(ref: ModelRef, plan: ScoringPlan, accumulator: Any = None)
             predictor = cached_predictor(ref, plan, choice.device)
             stats["device_by_worker"][worker] = choice.device
             stats["gpu_addresses_by_worker"][worker] = list(addresses)
+            started = time.perf_counter()  # scoring only: a first task's model load is not per-row cost
             yield from ScoringLoop(predictor, plan, stats).run(itertools.chain([first], non_empty))
             # Only workers that scored rows count, so loads == workers when each loaded once.
             stats["loads_by_worker"][worker] = model_cache.load_count() - loads_before
+            stats["task_s"] = time.perf_counter() - started
         if accumulator is not None:
             accumulator.add(stats)
 
