@@ -479,6 +479,8 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
         holder: list[Any] = []
         seconds, rss = timed(lambda: holder.append(run(spark, cfg, DS)))
         results.record("ours (Delta out)", seconds, rss, {"rows_written": holder[0].rows_scored})
+        if holder[0].rows_scored != args.rows:  # the 10 M-row edge case of the reliability guarantees
+            raise SystemExit(f"ours (Delta out) committed {holder[0].rows_scored} rows, expected {args.rows}")
     for name, scores in (
         ("spark_udf", lambda: spark_udf_scores(df, model_uri, cols, "double")),
         (

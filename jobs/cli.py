@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from jobs.errors import BatchscoreError
+from jobs.redact import redact
 
 log = logging.getLogger("batchscore")
 
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args[0]](args[1:])
     except BatchscoreError as exc:
-        print(f"batchscore {args[0]}: {exc}", file=sys.stderr)
+        print(f"batchscore {args[0]}: {redact(str(exc))}", file=sys.stderr)
         return 2
 
 

@@ -82,11 +82,32 @@ class InputSection(TableSection):
     feature_columns: list[str] | None = Field(
         None, description="defaults to the column names of the model's input signature"
     )
+    allow_extra_columns: bool = Field(
+        True, description="false: an input column the job does not use is a schema error"
+    )
 
 
 class OutputSection(TableSection):
     key_columns: list[str] = Field(min_length=1)
     passthrough_columns: list[str] = Field(default_factory=list)
+
+
+class QuarantineSection(TableSection):
+    """Where invalid rows go: a Delta table, by path or catalog name."""
+
+
+class QualitySection(StrictModel):
+    on_invalid: Literal["quarantine", "fail"] = Field(
+        "quarantine",
+        description="rows with null/NaN/inf features, wrong array lengths or that the model rejects: "
+        "quarantine them (the job goes on) or fail the job",
+    )
+    max_invalid_fraction: float = Field(
+        0.01, ge=0.0, le=1.0, description="above this fraction of invalid rows the job fails, writing nothing"
+    )
+    quarantine: QuarantineSection | None = Field(
+        None, description="default: the output's path or table name with a _quarantine suffix"
+    )
 
 
 class MlflowSection(StrictModel):
@@ -105,10 +126,21 @@ class SparkSection(StrictModel):
 class ScoringJobConfig(StrictModel):
     """One scoring job: ``conf/jobs/<name>.yaml``."""
 
+    def quarantine_section(self) -> QuarantineSection:
+        """The configured quarantine table, or the output's location with a ``_quarantine`` suffix."""
+        if self.quality.quarantine is not None:
+            return self.quality.quarantine
+        out = self.output
+        if out.table is not None:
+            return QuarantineSection(table=f"{out.table}_quarantine", partition_column=out.partition_column)
+        path = (out.path or "").rstrip("/")
+        return QuarantineSection(path=f"{path}_quarantine", partition_column=out.partition_column)
+
     name: str
     model: ModelSection
     input: InputSection
     output: OutputSection
+    quality: QualitySection = Field(default_factory=QualitySection)
     mlflow: MlflowSection = Field(default_factory=MlflowSection)
     spark: SparkSection = Field(default_factory=SparkSection)
 

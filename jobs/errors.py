@@ -29,3 +29,15 @@ class SchemaMismatchError(BatchscoreError, ValueError):
 
 class TableLocationError(BatchscoreError, ValueError):
     """A table name, path or partition value is not valid."""
+
+
+class MissingPartitionError(BatchscoreError, LookupError):
+    """The input has no data for the requested partition."""
+
+
+class InvalidInputError(BatchscoreError, ValueError):
+    """Too many input rows failed validation, or one did under ``on_invalid: fail``."""
+
+
+class ExecutorError(BatchscoreError, RuntimeError):
+    """A task failed on an executor for a reason meant for the user (e.g. the model failed to load)."""

@@ -32,6 +32,28 @@ class ResolvedModel:
     flavors: tuple[str, ...]
 
 
+def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast, naming the server, when an HTTP tracking/registry URI does not answer (MLflow's own client
+    would retry for minutes before saying anything)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import requests
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    shown = urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))  # no credentials
+    if parts.port:
+        shown = shown.replace(parts.hostname or "", f"{parts.hostname}:{parts.port}", 1)
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+    except requests.RequestException as exc:
+        raise ModelResolutionError(
+            f"cannot reach the MLflow server at {shown} ({type(exc).__name__}); expected a running "
+            "tracking/registry server there (mlflow.tracking_uri / mlflow.registry_uri in the job config)"
+        ) from None
+
+
 def _client(tracking_uri: str, registry_uri: str) -> Any:
     from mlflow import MlflowClient
 
@@ -77,6 +99,8 @@ def resolve_model(uri: str, tracking_uri: str, registry_uri: str | None = None) 
     from mlflow.exceptions import MlflowException
 
     registry_uri = registry_uri or tracking_uri
+    for server in dict.fromkeys((tracking_uri, registry_uri)):
+        check_reachable(server)
     client = _client(tracking_uri, registry_uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(registry_uri)

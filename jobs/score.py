@@ -16,13 +16,24 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
 import argparse
 import datetime as dt
 import logging
+import os
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
+from jobs import redact
 from jobs.config import ScoringJobConfig, load_job_config
-from jobs.errors import BatchscoreError, SchemaMismatchError, TableLocationError
+from jobs.errors import (
+    BatchscoreError,
+    ExecutorError,
+    InvalidInputError,
+    MissingPartitionError,
+    SchemaMismatchError,
+    TableLocationError,
+)
 from jobs.file_scan import FileScan, plan_file_scan
 from jobs.home import resolve_location
 from jobs.registry import (
@@ -32,13 +43,15 @@ from jobs.registry import (
     signature_input_names,
     signature_row_shape,
 )
+from jobs.schema_check import check_input_schema
 from jobs.session import spark_session
-from jobs.tables import committed_rows, read_input, write_idempotent
+from jobs.tables import committed_rows, read_input, table_exists, write_idempotent
 from jobs.tracking import job_run, tracking_target
 from udfs.file_reader import make_file_scorer
 from udfs.scorer import make_arrow_scorer
 from udfs.spec import ModelRef, OutputField, ScoringPlan
 from udfs.stats import StatsAccumulatorParam, empty_stats, summary_metrics
+from udfs.validation import ERROR_MARKER, RAW_COLUMN, REASON_COLUMN
 
 if TYPE_CHECKING:
     from pyspark.accumulators import AccumulatorParam
@@ -75,6 +88,7 @@ class ScoreResult:
     job_run_id: str
     ds: str | None
     runtime: dict[str, float] = field(default_factory=dict)  # model loads, batch latency, stage times
+    invalid_rows: int = 0  # sent to the quarantine table
 
     @property
     def rows_per_s(self) -> float:
@@ -85,8 +99,16 @@ def _unique(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def build_plan(resolved: ResolvedModel, cfg: ScoringJobConfig, input_columns: Sequence[str]) -> ScoringPlan:
-    """Decide the feature, pass-through and prediction columns, checking the input has what they need."""
+def build_plan(
+    resolved: ResolvedModel,
+    cfg: ScoringJobConfig,
+    input_columns: Sequence[str],
+    *,
+    check_columns: bool = True,
+) -> ScoringPlan:
+    """Decide the feature, pass-through and prediction columns, checking the input has what they need
+    (``check_columns=False`` leaves that to :func:`jobs.schema_check.check_input_schema`, which also checks
+    types and reports every problem at once)."""
     features = tuple(cfg.input.feature_columns or signature_input_names(resolved))
     if not features:
         raise SchemaMismatchError(
@@ -96,7 +118,7 @@ def build_plan(resolved: ResolvedModel, cfg: ScoringJobConfig, input_columns: Se
     partition = [cfg.output.partition_column] if cfg.output.partition_column else []
     passthrough = _unique([*cfg.output.key_columns, *cfg.output.passthrough_columns, *partition])
     missing = [c for c in _unique([*features, *passthrough]) if c not in input_columns]
-    if missing:
+    if missing and check_columns:
         raise SchemaMismatchError(
             f"input {cfg.input.describe()} lacks column(s) {missing}; found {list(input_columns)}"
         )
@@ -117,6 +139,9 @@ def build_plan(resolved: ResolvedModel, cfg: ScoringJobConfig, input_columns: Se
         row_shape=signature_row_shape(resolved),
         autocast=cfg.model.autocast,
         prefetch=cfg.model.prefetch,
+        on_invalid=cfg.quality.on_invalid,
+        raw_columns=_unique([*cfg.output.key_columns, *features]),
+        fault=os.environ.get("BATCHSCORE_FAULT") or None,
     )
 
 
@@ -153,8 +178,11 @@ def stats_accumulator(spark: SparkSession) -> Any:
 def _output_schema(df: DataFrame, plan: ScoringPlan) -> Any:
     from pyspark.sql import types as T
 
+    quarantining = plan.on_invalid == "quarantine"
     fields = [df.schema[name] for name in plan.passthrough_columns]
-    fields += [T.StructField(out.name, _spark_type(out), nullable=False) for out in plan.outputs]
+    fields += [T.StructField(out.name, _spark_type(out), nullable=quarantining) for out in plan.outputs]
+    if quarantining:  # null for scored rows; reason and raw row JSON for invalid ones
+        fields += [T.StructField(REASON_COLUMN, T.StringType()), T.StructField(RAW_COLUMN, T.StringType())]
     return T.StructType(fields)
 
 
@@ -206,6 +234,8 @@ def transform_files(
         {name: F.lit(value).cast(df.schema[name].dataType) for name, value in scan.constants.items()}
     )
     ordered = [*plan.passthrough_columns, *(out.name for out in plan.outputs)]
+    if plan.on_invalid == "quarantine":
+        ordered += [REASON_COLUMN, RAW_COLUMN]
     return with_lineage(scored.select(*ordered), lineage)
 
 
@@ -232,8 +262,56 @@ def score_input(
     return transform_files(df, scan, ref, plan, lineage, stats=stats)
 
 
+_WORKER_ERROR = re.compile(re.escape(ERROR_MARKER) + r"\[(\w+)\]: ([^\n]*)")
+
+
+@contextmanager
+def executor_errors() -> Iterator[None]:
+    """Turn a task failure that carries a user-facing worker error (``BATCHSCORE_ERROR[kind]: …``, e.g. a
+    model that fails to load, or an invalid row under ``on_invalid: fail``) into a one-line error."""
+    try:
+        yield
+    except BatchscoreError:
+        raise
+    except Exception as exc:
+        found = _WORKER_ERROR.search(str(exc))
+        if found is None:
+            raise
+        kind, message = found.groups()
+        error = InvalidInputError if kind == "invalid_rows" else ExecutorError
+        raise error(f"a task failed on an executor: {message}") from None
+
+
+def partition_files(df: DataFrame, section: Any, ds: str) -> None:
+    """Fail with the nearest partitions when the input has no data files for ``ds`` at all (an upstream
+    job did not run); a partition whose files hold zero rows is scored as empty."""
+    if df.inputFiles():
+        return
+    column = section.partition_column
+    spark = df.sparkSession
+    whole = (
+        spark.read.table(section.table)
+        if section.table is not None
+        else spark.read.format(section.format).load(resolve_location(section.path or ""))
+    )
+    found = sorted({m.group(1) for f in whole.inputFiles() if (m := re.search(rf"/{column}=([^/]+)/", f))})
+    raise MissingPartitionError(
+        f"input {section.describe()} has no partition {column}={ds}; "
+        f"latest partitions: {found[-5:] or 'none'}"
+    )
+
+
 def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> ScoreResult:
-    """Resolve the model, read, transform and write one run of the job; log it to MLflow."""
+    """Resolve the model, check the input, score, and write one run of the job; log it to MLflow.
+
+    With ``quality.on_invalid: quarantine`` the scored rows are persisted once, counted, and only when the
+    invalid fraction is within ``quality.max_invalid_fraction`` written: first the invalid rows to the
+    quarantine table, then the valid ones to the output (the output commit is the last step, so the
+    output only ever moves to a run whose quarantine rows are already in place). Above the limit the job
+    fails and neither table changes.
+    """
+    from pyspark.sql import functions as F
+
     started = time.perf_counter()
     target = tracking_target(cfg.mlflow)
     resolved = resolve_model(cfg.model.uri, target.tracking_uri, target.registry_uri)
@@ -245,8 +323,13 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
             "a nightly run must replace one partition, not the whole table"
         )
     df = read_input(spark, cfg.input, ds)
-    plan = build_plan(resolved, cfg, df.columns)
+    plan = build_plan(resolved, cfg, df.columns, check_columns=False)
+    check_input_schema(df, resolved, plan, cfg)
+    if ds is not None:
+        partition_files(df, cfg.input, ds)
     output = cfg.output.table or resolve_location(cfg.output.path or "")
+    quarantine = cfg.quarantine_section()
+    quarantining = cfg.quality.on_invalid == "quarantine"
     with job_run(cfg.mlflow, run_name=f"{cfg.name}-{ds or 'all'}") as tracker:
         tracker.log_params(
             {
@@ -259,6 +342,8 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
                 "output": output,
                 "ds": ds,
                 "batch_size": plan.batch_size,
+                "on_invalid": cfg.quality.on_invalid,
+                "max_invalid_fraction": cfg.quality.max_invalid_fraction,
             }
         )
         stats = stats_accumulator(spark)
@@ -267,20 +352,36 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
         log.info("scoring %s into %s", cfg.input.describe(), output)
         # Data skipping on keys and scalar scores ("find this entity", "scores above t"); not on lineage.
         stats_columns = [*cfg.output.key_columns, *(o.name for o in plan.outputs if o.kind == "scalar")]
-        write_idempotent(scored, cfg.output, ds, commit_tag=tracker.run_id, stats_columns=stats_columns)
+        invalid = 0
+        with executor_errors():
+            if quarantining:
+                invalid = _write_quarantine(scored.persist(), cfg, ds, tracker.run_id)
+                valid = scored.where(F.col(REASON_COLUMN).isNull()).drop(REASON_COLUMN, RAW_COLUMN)
+            else:
+                valid = scored
+            try:
+                write_idempotent(
+                    valid, cfg.output, ds, commit_tag=tracker.run_id, stats_columns=stats_columns
+                )
+            finally:
+                if quarantining:
+                    scored.unpersist()
         rows = committed_rows(spark, cfg.output, tracker.run_id)
         duration = time.perf_counter() - started
         runtime = summary_metrics(stats.value) if stats is not None else {}
+        runtime["invalid_rows"] = float(invalid)  # from the count, not the accumulator (retries add twice)
         result = ScoreResult(
-            rows, duration, output, ref.requested_uri, ref.version, tracker.run_id, ds, runtime
+            rows, duration, output, ref.requested_uri, ref.version, tracker.run_id, ds, runtime, invalid
         )
         tracker.log_metrics(
             {"rows_scored": rows, "duration_s": duration, "rows_per_s": result.rows_per_s, **runtime}
         )
-    if rows == 0:
+    if rows == 0 and invalid == 0:
         log.warning("partition %s of %s had no rows; wrote an empty partition", ds, cfg.input.describe())
+    if invalid:
+        log.warning("%d invalid row(s) written to quarantine %s", invalid, quarantine.describe())
     log.info("scored %d rows in %.1f s (%.0f rows/s)", rows, duration, result.rows_per_s)
-    if runtime:
+    if runtime.get("model_batches"):
         log.info(
             "model loads %d over %d worker(s); batch latency p50 %.1f ms, p99 %.1f ms; "
             "decode %.1f s, compute %.1f s, encode %.1f s",
@@ -293,6 +394,38 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
             runtime["encode_total_s"],
         )
     return result
+
+
+def _write_quarantine(scored: DataFrame, cfg: ScoringJobConfig, ds: str | None, job_run_id: str) -> int:
+    """Count the scored rows (one pass, from the persisted result), enforce ``max_invalid_fraction``, and
+    replace the quarantine partition with this run's invalid rows. Returns the invalid row count."""
+    from pyspark.sql import functions as F
+
+    counts = scored.select(F.count(F.lit(1)).alias("rows"), F.count(REASON_COLUMN).alias("invalid")).first()
+    total, invalid = (int(counts["rows"]), int(counts["invalid"])) if counts else (0, 0)
+    limit = cfg.quality.max_invalid_fraction
+    if total and invalid / total > limit:
+        sample = scored.where(F.col(REASON_COLUMN).isNotNull()).select(REASON_COLUMN).limit(3).collect()
+        raise InvalidInputError(
+            f"{invalid} of {total} input rows ({invalid / total:.2%}) are invalid, above "
+            f"quality.max_invalid_fraction={limit:g}; nothing was written. First reasons: "
+            + "; ".join(repr(r[0]) for r in sample)
+        )
+    quarantine = cfg.quarantine_section()
+    if invalid or table_exists(scored.sparkSession, quarantine):  # a rerun must clear stale rows too
+        partition = [cfg.output.partition_column] if cfg.output.partition_column else []
+        rows = scored.where(F.col(REASON_COLUMN).isNotNull()).select(
+            *cfg.output.key_columns,
+            F.col(RAW_COLUMN).alias("raw_row"),
+            F.col(REASON_COLUMN).alias("reason"),
+            "model_name",
+            "model_version",
+            "scored_at",
+            "job_run_id",
+            *partition,
+        )
+        write_idempotent(rows, quarantine, ds, commit_tag=job_run_id, stats_columns=cfg.output.key_columns)
+    return invalid
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -321,6 +454,7 @@ def configure_logging(level: str = "INFO") -> None:
     )
     for noisy in ("py4j", "urllib3", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    redact.install()  # secrets from the environment and URL credentials never reach the log
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,7 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(
         f"scored {result.rows_scored} rows with {result.model_uri} (version {result.model_version}) "
-        f"into {result.output} in {result.duration_s:.1f} s; job run {result.job_run_id}"
+        f"into {result.output} in {result.duration_s:.1f} s; {result.invalid_rows} invalid row(s) "
+        f"quarantined; job run {result.job_run_id}"
     )
     return 0
 

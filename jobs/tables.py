@@ -14,7 +14,7 @@ from jobs.home import resolve_location
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from jobs.config import InputSection, OutputSection
+    from jobs.config import InputSection, TableSection
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,20 @@ def validate_ds(ds: str) -> str:
 
 def read_input(spark: SparkSession, section: InputSection, ds: str | None) -> DataFrame:
     """The input rows, filtered to partition ``ds`` when one is given (pushed down as a partition filter)."""
+    from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
-    if section.table is not None:
-        df = spark.read.table(validate_table_name(section.table))
-    else:
-        assert section.path is not None
-        df = spark.read.format(section.format).load(resolve_location(section.path))
+    try:
+        if section.table is not None:
+            df = spark.read.table(validate_table_name(section.table))
+        else:
+            assert section.path is not None
+            df = spark.read.format(section.format).load(resolve_location(section.path))
+    except AnalysisException as exc:
+        reason = " ".join(str(exc).split("\n")[0].split())[:300]
+        raise TableLocationError(
+            f"input {section.describe()}: expected an existing {section.format} table, found none ({reason})"
+        ) from None
     if ds is not None:
         column = section.partition_column
         if column is None:
@@ -67,9 +74,18 @@ def read_input(spark: SparkSession, section: InputSection, ds: str | None) -> Da
     return df
 
 
+def table_exists(spark: SparkSession, section: TableSection) -> bool:
+    """Whether the Delta table of ``section`` exists (by catalog name or at its path)."""
+    from delta.tables import DeltaTable
+
+    if section.table is not None:
+        return bool(spark.catalog.tableExists(validate_table_name(section.table)))
+    return bool(DeltaTable.isDeltaTable(spark, resolve_location(section.path or "")))
+
+
 def write_idempotent(
     df: DataFrame,
-    section: OutputSection,
+    section: TableSection,
     ds: str | None,
     commit_tag: str,
     stats_columns: Sequence[str] = (),
@@ -108,7 +124,7 @@ def write_idempotent(
         writer.save(resolve_location(section.path))
 
 
-def committed_rows(spark: SparkSession, section: OutputSection, commit_tag: str) -> int:
+def committed_rows(spark: SparkSession, section: TableSection, commit_tag: str) -> int:
     """Rows written by the commit tagged ``commit_tag`` (Delta's own ``numOutputRows``), without a rescan."""
     from delta.tables import DeltaTable
 

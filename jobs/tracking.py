@@ -53,7 +53,9 @@ class JobRun:
         if self.active:
             import mlflow
 
-            mlflow.log_params({k: "" if v is None else str(v) for k, v in params.items()})
+            from jobs.redact import redact
+
+            mlflow.log_params({k: "" if v is None else redact(str(v)) for k, v in params.items()})
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         if self.active:

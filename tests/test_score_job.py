@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from delta.tables import DeltaTable
 
-from jobs.errors import SchemaMismatchError
+from jobs.errors import MissingPartitionError, SchemaMismatchError
 from jobs.registry import resolve_model
 from jobs.score import LINEAGE_COLUMNS, Lineage, build_plan, run, transform
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
@@ -24,7 +24,17 @@ def test_scores_equal_mlflow_pyfunc(spark, registry: Registry, input_path: str, 
 
     expected = df.toPandas().sort_values("transaction_id").reset_index(drop=True)
     scored = scored.sort_values("transaction_id").reset_index(drop=True)
-    assert list(scored.columns) == ["transaction_id", "label", "ds", "fraud_score", *LINEAGE_COLUMNS]
+    # With on_invalid: quarantine (the default) every row says whether it was scored or why not.
+    assert list(scored.columns) == [
+        "transaction_id",
+        "label",
+        "ds",
+        "fraud_score",
+        "_invalid_reason",
+        "_invalid_row",
+        *LINEAGE_COLUMNS,
+    ]
+    assert scored["_invalid_reason"].isna().all() and scored["_invalid_row"].isna().all()
     assert scored["transaction_id"].tolist() == expected["transaction_id"].tolist()
     assert scored["label"].tolist() == expected["label"].tolist()
     reference = reference_scores(f"models:/fraud/{registry.champion}", expected)
@@ -151,10 +161,15 @@ def test_run_logs_params_and_metrics_to_mlflow(
     assert result.runtime == pytest.approx({k: v for k, v in metrics.items() if k in result.runtime})
 
 
-def test_empty_partition_scores_zero_rows(spark, registry: Registry, input_path: str, tmp_path: Path) -> None:
-    result = run(spark, job_config(input_path, str(tmp_path / "out")), "2020-01-01")
-    assert result.rows_scored == 0
-    assert spark.read.format("delta").load(str(tmp_path / "out")).count() == 0
+def test_missing_partition_is_an_error_naming_the_latest_ones(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    with pytest.raises(
+        MissingPartitionError, match=r"no partition ds=2020-01-01; latest partitions: \["
+    ) as err:
+        run(spark, job_config(input_path, str(tmp_path / "out")), "2020-01-01")
+    assert DATES[-1] in str(err.value)
+    assert not (tmp_path / "out").exists(), "nothing written"
 
 
 def test_missing_feature_column_fails_before_writing(

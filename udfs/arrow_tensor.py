@@ -82,6 +82,14 @@ def features_to_numpy(
     return out
 
 
+def arrow_type(field: OutputField) -> pa.DataType:
+    """The Arrow type of an output column (what :func:`predictions_to_arrow` produces for it)."""
+    if field.kind == "struct":
+        return pa.struct([pa.field(c.name, arrow_type(c)) for c in field.children])
+    base = pa.from_numpy_dtype(np.dtype(field.dtype))
+    return pa.list_(base) if field.kind == "vector" else base
+
+
 def _field_array(values: npt.NDArray[Any], field: OutputField) -> pa.Array:
     matrix = values.reshape(values.shape[0], -1)
     if field.kind == "vector":

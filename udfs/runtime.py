@@ -8,6 +8,10 @@ Independent of Spark and MLflow, so the GPU check drives it exactly as a Spark t
   the model computes the current one;
 * **out-of-memory back-off**: on a CUDA OOM the batch is retried in halves, down to one row; the smaller
   size is kept for the rest of the task; only then the task fails, saying so;
+* **row validation** (:mod:`udfs.validation`): rows with null/NaN/infinite features or wrong array lengths
+  never reach the model; with ``on_invalid: quarantine`` they are emitted with a reason and their raw values
+  (the driver writes them to the quarantine table), and rows the model itself rejects (it raises on them)
+  are isolated by bisecting the batch; with ``fail`` the task fails naming the row;
 * **timings** per batch (decode, compute, encode) into the task's stats.
 """
 
@@ -23,10 +27,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from udfs.arrow_tensor import ModelOutput, predictions_to_arrow
+from udfs.arrow_tensor import ModelOutput, arrow_type, predictions_to_arrow
 from udfs.predictors import Predictor
 from udfs.spec import ScoringPlan
 from udfs.stats import empty_stats, record_batch
+from udfs.validation import (
+    RAW_COLUMN,
+    REASON_COLUMN,
+    InvalidRowsError,
+    find_invalid,
+    raw_rows_json,
+    worker_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +144,28 @@ class ScoringLoop:
         self.stats = stats if stats is not None else empty_stats()
         self.chunk = plan.batch_size  # shrinks on out-of-memory and stays small for the task
 
-    def _decode(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, Any, float]:
+    def _decode(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, Any, Rejected | None, float]:
+        """Validate, then decode the valid rows (in the prefetch thread)."""
         started = time.perf_counter()
-        inputs = self.predictor.decode(batch)
-        return batch, inputs, time.perf_counter() - started
+        rejected: Rejected | None = None
+        invalid = find_invalid(batch, self.plan.feature_columns, self.plan.row_shape)
+        if invalid:
+            if self.plan.on_invalid == "fail":
+                row, reason = next(iter(invalid.items()))
+                raise InvalidRowsError(
+                    worker_error(
+                        "invalid_rows",
+                        f"{len(invalid)} invalid row(s) in a batch of {batch.num_rows}; first: "
+                        f"{raw_rows_json(batch, [row], self.plan.raw_columns)[0]}: {reason} "
+                        "(input.on_invalid is fail; quarantine sends such rows to the quarantine table)",
+                    )
+                )
+            rejected = (batch, invalid)
+            keep = np.ones(batch.num_rows, dtype=bool)
+            keep[list(invalid)] = False
+            batch = batch.filter(pa.array(keep))
+        inputs = self.predictor.decode(batch) if batch.num_rows else None
+        return batch, inputs, rejected, time.perf_counter() - started
 
     def compute(self, inputs: Any, rows: int) -> ModelOutput:
         """Run the model over ``rows`` decoded rows, halving the chunk on out-of-memory."""
@@ -166,6 +196,9 @@ class ScoringLoop:
             start = stop
         return _concat(parts)
 
+    def _quarantining(self) -> bool:
+        return self.plan.on_invalid == "quarantine"
+
     def encode(self, batch: pa.RecordBatch, output: ModelOutput) -> pa.RecordBatch:
         rows = _rows(output)
         if rows != batch.num_rows:
@@ -173,18 +206,102 @@ class ScoringLoop:
         arrays = [batch.column(name) for name in self.plan.passthrough_columns]
         arrays += [predictions_to_arrow(output, out, i) for i, out in enumerate(self.plan.outputs)]
         names = [*self.plan.passthrough_columns, *(out.name for out in self.plan.outputs)]
+        if self._quarantining():
+            arrays += [pa.nulls(rows, pa.string()), pa.nulls(rows, pa.string())]
+            names += [REASON_COLUMN, RAW_COLUMN]
         return pa.RecordBatch.from_arrays(arrays, names=names)
+
+    def encode_invalid(self, batch: pa.RecordBatch, invalid: dict[int, str]) -> pa.RecordBatch:
+        """The invalid rows of ``batch``: pass-through columns, null predictions, reason and raw JSON."""
+        rows = list(invalid)
+        taken = batch.take(pa.array(rows, type=pa.int64()))
+        arrays = [taken.column(name) for name in self.plan.passthrough_columns]
+        arrays += [pa.nulls(len(rows), arrow_type(out)) for out in self.plan.outputs]
+        arrays += [
+            pa.array([invalid[r] for r in rows], pa.string()),
+            pa.array(raw_rows_json(batch, rows, self.plan.raw_columns), pa.string()),
+        ]
+        names = [
+            *self.plan.passthrough_columns,
+            *(out.name for out in self.plan.outputs),
+            REASON_COLUMN,
+            RAW_COLUMN,
+        ]
+        self.stats["invalid_rows"] += len(rows)
+        return pa.RecordBatch.from_arrays(arrays, names=names)
+
+    def isolate_rejected(self, batch: pa.RecordBatch, error: Exception) -> Iterator[pa.RecordBatch]:
+        """The model raised on ``batch``: bisect it, score the parts it accepts, quarantine single rows it
+        rejects. When it rejects every row, the model (not the data) is at fault: ``error`` is raised."""
+        accepted: list[tuple[pa.RecordBatch, ModelOutput]] = []
+        rejected: dict[int, str] = {}
+
+        def visit(part: pa.RecordBatch, offset: int) -> None:
+            try:
+                accepted.append((part, self.compute(self.predictor.decode(part), part.num_rows)))
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise
+                if part.num_rows == 1:
+                    rejected[offset] = f"model rejected the row: {type(exc).__name__}: {exc}"[:1000]
+                    return
+                half = part.num_rows // 2
+                visit(part.slice(0, half), offset)
+                visit(part.slice(half), offset + half)
+
+        if batch.num_rows == 1:
+            rejected[0] = f"model rejected the row: {type(error).__name__}: {error}"[:1000]
+        else:
+            half = batch.num_rows // 2
+            visit(batch.slice(0, half), 0)
+            visit(batch.slice(half), half)
+        if not accepted and batch.num_rows > 1:
+            raise error
+        for part, output in accepted:
+            yield self.encode(part, output)
+        if rejected:
+            log.warning("the model rejected %d of %d rows; quarantined", len(rejected), batch.num_rows)
+            yield self.encode_invalid(batch, rejected)
 
     def run(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         decoded = prefetch(
             (self._decode(b) for b in rebatch(batches, self.plan.batch_size)), self.plan.prefetch
         )
-        for batch, inputs, decode_s in decoded:
+        for batch, inputs, rejected, decode_s in decoded:
+            if rejected is not None:
+                yield self.encode_invalid(*rejected)
+            if batch.num_rows == 0:
+                continue
             started = time.perf_counter()
-            output = self.compute(inputs, batch.num_rows)
+            try:
+                output = self.compute(inputs, batch.num_rows)
+            except Exception as exc:
+                if not self._quarantining() or isinstance(exc, ModelOutOfMemoryError):
+                    raise
+                yield from self.isolate_rejected(batch, exc)
+                continue
             computed = time.perf_counter()
             scored = self.encode(batch, output)
             record_batch(
                 self.stats, batch.num_rows, decode_s, computed - started, time.perf_counter() - computed
             )
             yield scored
+            inject_fault(self.plan.fault)
+
+
+Rejected = tuple[pa.RecordBatch, dict[int, str]]
+
+
+def inject_fault(fault: str | None) -> None:
+    """Tests only (``BATCHSCORE_FAULT`` on the driver): ``fail_first_attempt`` fails the first attempt of
+    partition 0 after it has emitted a batch; ``slow:<seconds>`` sleeps after every batch."""
+    if not fault:
+        return
+    if fault.startswith("slow:"):
+        time.sleep(float(fault.split(":", 1)[1]))
+    elif fault == "fail_first_attempt":
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        if context is not None and context.partitionId() == 0 and context.attemptNumber() == 0:
+            raise RuntimeError(worker_error("injected_fault", "first attempt of partition 0 fails (test)"))

@@ -21,6 +21,7 @@ from udfs.predictors import Predictor, load_predictor
 from udfs.runtime import ScoringLoop
 from udfs.spec import ModelRef, ScoringPlan
 from udfs.stats import empty_stats, worker_id
+from udfs.validation import worker_error
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,21 @@ def cuda_device_count() -> int:
 
 
 def cached_predictor(ref: ModelRef, plan: ScoringPlan, device: str) -> Predictor:
-    """The worker-resident predictor for ``ref`` on ``device``, loaded on first use only."""
-    return model_cache.get_or_load((ref.cache_key, device), lambda: load_predictor(ref, plan, device))
+    """The worker-resident predictor for ``ref`` on ``device``, loaded on first use only.
+
+    A load failure names the model, the worker and the cause in one line the driver reports as is.
+    """
+
+    def load() -> Predictor:
+        try:
+            return load_predictor(ref, plan, device)
+        except Exception as exc:
+            cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
+            raise RuntimeError(
+                worker_error("model_load", f"model {ref.load_uri} failed to load on {worker_id()}: {cause}")
+            ) from exc
+
+    return model_cache.get_or_load((ref.cache_key, device), load)
 
 
 def task_device(plan: ScoringPlan) -> tuple[DeviceChoice, tuple[str, ...]]:

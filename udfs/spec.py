@@ -77,6 +77,9 @@ class ScoringPlan:
     row_shape: tuple[int, ...] = ()  # per-row tensor shape from a tensor signature, e.g. (3, 64, 64)
     autocast: str | None = None  # "bf16" or "fp16": torch.autocast on GPU (and bf16 on CPU)
     prefetch: int = 2  # decoded batches kept ready ahead of the model
+    on_invalid: Literal["quarantine", "fail"] = "quarantine"  # what a row the model cannot take does
+    raw_columns: tuple[str, ...] = ()  # columns of an invalid row kept as JSON (keys and features)
+    fault: str | None = None  # tests only: BATCHSCORE_FAULT on the driver, e.g. "fail_first_attempt"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -40,6 +40,7 @@ def empty_stats() -> dict[str, Any]:
         "batches": 0,
         "tasks": 0,
         "oom_backoffs": 0,
+        "invalid_rows": 0,
         "task_s": 0.0,  # wall time of the tasks that scored, first batch to last (per-row cost in workers)
         "stage_s": dict.fromkeys(STAGES, 0.0),
         "latency_hist": [0] * N_BUCKETS,
@@ -61,7 +62,7 @@ def record_batch(
 
 
 def merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
-    for key in ("rows", "batches", "tasks", "oom_backoffs", "task_s"):
+    for key in ("rows", "batches", "tasks", "oom_backoffs", "invalid_rows", "task_s"):
         into[key] += other[key]
     for stage in STAGES:
         into["stage_s"][stage] += other["stage_s"][stage]
@@ -98,6 +99,7 @@ def summary_metrics(stats: dict[str, Any]) -> dict[str, float]:
         "scoring_tasks": float(stats["tasks"]),
         "model_batches": float(stats["batches"]),
         "oom_backoffs": float(stats["oom_backoffs"]),
+        "invalid_rows": float(stats["invalid_rows"]),
         "batch_latency_p50_ms": latency_percentile_ms(stats, 0.50),
         "batch_latency_p99_ms": latency_percentile_ms(stats, 0.99),
         "task_total_s": stats["task_s"],

@@ -1,0 +1,121 @@
+"""Row-level input checks inside the workers: which rows of a batch the model must not see, and why.
+
+A row is invalid when a required feature is null, NaN or infinite, or when an array feature has the wrong
+number of values. Checking is per column and cheap when a column is clean (its null count is Arrow metadata;
+a finite sum proves no NaN/inf), so the common case costs one pass of ``numpy.sum`` per column; per-row
+reasons are built only for the rows that fail.
+
+With ``on_invalid: quarantine`` the scoring loop scores the valid rows and emits the invalid ones with a
+reason and the raw row as JSON (the driver sends them to the quarantine table); with ``fail`` the task
+fails on the first invalid row, naming its key and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+REASON_COLUMN = "_invalid_reason"
+RAW_COLUMN = "_invalid_row"
+ERROR_MARKER = "BATCHSCORE_ERROR"  # the driver finds worker errors meant for users by this prefix
+
+
+class InvalidRowsError(ValueError):
+    """A row failed validation and the job's policy is ``on_invalid: fail``."""
+
+
+def worker_error(kind: str, message: str) -> str:
+    """A message the driver can pick out of Spark's task failure text: ``BATCHSCORE_ERROR[kind]: …``."""
+    return f"{ERROR_MARKER}[{kind}]: {message}"
+
+
+def _float_values(array: pa.Array) -> npt.NDArray[Any] | None:
+    if pa.types.is_floating(array.type):
+        values: npt.NDArray[Any] = array.to_numpy(zero_copy_only=False)
+        return values
+    return None
+
+
+def _column_problems(column: pa.Array, name: str, width: int | None, rows: int) -> dict[int, str]:
+    """Row index -> problem for the rows of ``column`` that the model cannot take; empty when clean."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    problems: dict[int, str] = {}
+    kind = column.type
+    if column.null_count:
+        for index in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)):
+            problems[int(index)] = f"{name}: null"
+    if pa.types.is_struct(kind):
+        for i in range(kind.num_fields):
+            child = _column_problems(column.field(i), f"{name}.{kind.field(i).name}", None, rows)
+            for row_index, problem in child.items():
+                problems.setdefault(row_index, problem)
+        return problems
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        if not pa.types.is_fixed_size_list(kind):
+            lengths = np.diff(column.offsets.to_numpy())
+            expected = width if width is not None else (int(np.bincount(lengths).argmax()) if rows else 0)
+            for row in np.flatnonzero(lengths != expected):
+                if int(row) not in problems:
+                    problems[int(row)] = f"{name}: {int(lengths[row])} values, expected {expected}"
+        values = column.flatten()
+        bad_values = _bad_values(values)
+        if bad_values is not None:
+            parents = pc.list_parent_indices(column).to_numpy()
+            for index in np.flatnonzero(bad_values):
+                problems.setdefault(int(parents[index]), f"{name}: null, NaN or infinite value in the array")
+        return problems
+    floats = _float_values(column)
+    if floats is not None and not math.isfinite(float(np.sum(floats, dtype=np.float64))):
+        for row in np.flatnonzero(~np.isfinite(floats)):
+            if int(row) not in problems:
+                problems[int(row)] = f"{name}: {'NaN' if np.isnan(floats[row]) else 'infinite'}"
+    return problems
+
+
+def _bad_values(values: pa.Array) -> npt.NDArray[np.bool_] | None:
+    """Mask of the null/NaN/infinite elements of a flat array, or None when there are none."""
+    bad = values.is_null().to_numpy(zero_copy_only=False) if values.null_count else None
+    floats = _float_values(values)
+    if floats is not None and not math.isfinite(float(np.sum(floats, dtype=np.float64))):
+        non_finite = ~np.isfinite(floats)  # nulls read as NaN here
+        bad = non_finite if bad is None else bad | non_finite
+    return bad if bad is not None and bad.any() else None
+
+
+def find_invalid(
+    batch: pa.RecordBatch, feature_columns: Sequence[str], row_shape: Sequence[int] = ()
+) -> dict[int, str]:
+    """Row index -> reason for every row of ``batch`` the model must not score (empty when all are valid).
+
+    ``row_shape`` (from a tensor signature) gives the expected length of a single array feature column.
+    """
+    width = int(np.prod(row_shape)) if row_shape and len(feature_columns) == 1 else None
+    reasons: dict[int, list[str]] = {}
+    for name in feature_columns:
+        for row, problem in _column_problems(batch.column(name), name, width, batch.num_rows).items():
+            reasons.setdefault(row, []).append(problem)
+    return {row: "; ".join(found) for row, found in sorted(reasons.items())}
+
+
+def raw_rows_json(batch: pa.RecordBatch, rows: Sequence[int], columns: Sequence[str]) -> list[str]:
+    """The given rows of ``batch`` (its ``columns`` only) as JSON objects; NaN and infinity as strings."""
+    selected = batch.select(list(columns)).take(pa.array(rows, type=pa.int64())).to_pylist()
+    return [json.dumps(_plain(row), default=str, allow_nan=False) for row in selected]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf": strict JSON has no literal for them
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
