@@ -186,10 +186,12 @@ def _output_schema(df: DataFrame, plan: ScoringPlan) -> Any:
     return T.StructType(fields)
 
 
-def with_lineage(scored: DataFrame, lineage: Lineage) -> DataFrame:
-    """Append the lineage columns every output row carries."""
+def with_lineage(scored: DataFrame, lineage: Lineage | None) -> DataFrame:
+    """Append the lineage columns every output row carries (``None``: leave them to the caller)."""
     from pyspark.sql import functions as F
 
+    if lineage is None:
+        return scored
     return scored.withColumns(
         {
             "model_name": F.lit(lineage.model_name).cast("string"),
@@ -202,7 +204,7 @@ def with_lineage(scored: DataFrame, lineage: Lineage) -> DataFrame:
 
 
 def transform(
-    df: DataFrame, ref: ModelRef, plan: ScoringPlan, lineage: Lineage, stats: Any = None
+    df: DataFrame, ref: ModelRef, plan: ScoringPlan, lineage: Lineage | None, stats: Any = None
 ) -> DataFrame:
     """Score ``df``: pass-through columns, prediction columns, then the lineage columns.
 
@@ -215,7 +217,13 @@ def transform(
 
 
 def transform_files(
-    df: DataFrame, scan: FileScan, ref: ModelRef, plan: ScoringPlan, lineage: Lineage, *, stats: Any = None
+    df: DataFrame,
+    scan: FileScan,
+    ref: ModelRef,
+    plan: ScoringPlan,
+    lineage: Lineage | None,
+    *,
+    stats: Any = None,
 ) -> DataFrame:
     """Score the files of ``scan`` (``df``'s data files): the same rows and columns as :func:`transform`,
     but each task reads its own files with pyarrow, so only keys and scores cross into the JVM."""
@@ -246,7 +254,7 @@ def score_input(
     ds: str | None,
     resolved: tuple[ModelRef, ScoringPlan],
     *,
-    lineage: Lineage,
+    lineage: Lineage | None,
     stats: Any = None,
 ) -> DataFrame:
     """The scored DataFrame, read by the tasks from the table's files when allowed, else through Spark."""
@@ -348,17 +356,20 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
         )
         stats = stats_accumulator(spark)
         lineage = Lineage.for_model(ref, tracker.run_id)
-        scored = score_input(spark, df, cfg, ds, (ref, plan), lineage=lineage, stats=stats)
+        # Lineage columns are constants: added after the (persisted) scores, so the cache stays narrow.
+        scored = score_input(spark, df, cfg, ds, (ref, plan), lineage=None, stats=stats)
         log.info("scoring %s into %s", cfg.input.describe(), output)
         # Data skipping on keys and scalar scores ("find this entity", "scores above t"); not on lineage.
         stats_columns = [*cfg.output.key_columns, *(o.name for o in plan.outputs if o.kind == "scalar")]
         invalid = 0
         with executor_errors():
             if quarantining:
-                invalid = _write_quarantine(scored.persist(), cfg, ds, tracker.run_id)
+                scored = scored.persist()
+                invalid = _write_quarantine(with_lineage(scored, lineage), cfg, ds, tracker.run_id)
                 valid = scored.where(F.col(REASON_COLUMN).isNull()).drop(REASON_COLUMN, RAW_COLUMN)
             else:
                 valid = scored
+            valid = with_lineage(valid, lineage)
             try:
                 write_idempotent(
                     valid, cfg.output, ds, commit_tag=tracker.run_id, stats_columns=stats_columns
