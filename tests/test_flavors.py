@@ -121,3 +121,28 @@ def test_tensor_signature_without_feature_columns_is_an_error(
     resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
     with pytest.raises(SchemaMismatchError, match=r"set input\.feature_columns"):
         build_plan(resolved, cfg, ["transaction_id", "label", "ds", *FEATURES])
+
+
+def test_wrong_number_of_values_per_row_is_a_schema_error(
+    spark, registry: Registry, input_path: str, tmp_path: Path, pt2_version: tuple[str, object]
+) -> None:
+    """The tensor signature says 16 values per row: 15 scalar columns, or arrays of 12, are refused."""
+    from pyspark.sql import functions as F
+
+    from jobs.errors import SchemaMismatchError
+    from jobs.score import run
+
+    def cfg_for(path: str, features: list[str]):
+        cfg = job_config(path, str(tmp_path / "out"), uri=f"models:/embedder/{pt2_version[0]}")
+        return cfg.model_copy(update={"input": cfg.input.model_copy(update={"feature_columns": features})})
+
+    with pytest.raises(SchemaMismatchError, match=r"the model expects 16 values per row, found 15 columns"):
+        run(spark, cfg_for(input_path, list(FEATURES[:15])), DATES[0])
+    arrays = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[0]}'")
+    arrays = arrays.select("transaction_id", "label", "ds", F.array(*FEATURES[:12]).alias("emb"))
+    arrays.write.format("delta").partitionBy("ds").save(str(tmp_path / "arrays"))
+    with pytest.raises(
+        SchemaMismatchError, match=r"emb: expected arrays of 16 values, found 12 in the first row"
+    ):
+        run(spark, cfg_for(str(tmp_path / "arrays"), ["emb"]), DATES[0])
+    assert not (tmp_path / "out").exists()

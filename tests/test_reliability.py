@@ -369,3 +369,36 @@ def test_config_refuses_other_model_schemes_and_unsafe_identifiers() -> None:
             validate_table_name(name)
     with pytest.raises(TableLocationError):
         validate_column("ds = '1' OR 1=1")
+
+
+@pytest.mark.slow
+def test_ten_million_rows(spark, registry: Registry, tmp_path: Path) -> None:
+    """10 M rows through the job: every key scored exactly once, nothing quarantined."""
+    from pyspark.sql import functions as F
+
+    rows = 10_000_000
+    source = spark.range(0, rows, numPartitions=8).select(
+        F.col("id").alias("transaction_id"),
+        F.lit(0).alias("label"),
+        *[F.randn(seed=i).alias(f) for i, f in enumerate(FEATURES)],
+        F.lit(DS).alias("ds"),
+    )
+    source.write.format("delta").partitionBy("ds").save(str(tmp_path / "input"))
+    out = str(tmp_path / "out")
+    result = run(spark, job_config(str(tmp_path / "input"), out, batch_size=16384), DS)
+    assert result.rows_scored == rows and result.invalid_rows == 0
+    written = spark.read.format("delta").load(out)
+    stats = written.select(
+        F.count(F.lit(1)).alias("n"),
+        F.countDistinct("transaction_id").alias("keys"),
+        F.min("transaction_id").alias("lo"),
+        F.max("transaction_id").alias("hi"),
+        F.count("fraud_score").alias("scored"),
+    ).first()
+    assert (stats["n"], stats["keys"], stats["lo"], stats["hi"], stats["scored"]) == (
+        rows,
+        rows,
+        0,
+        rows - 1,
+        rows,
+    )
