@@ -3,7 +3,8 @@
 batchscore setup                    fetch Delta's jars once into $BATCHSCORE_HOME/jars
 batchscore jars                     print the cached jars, comma-separated (for spark-submit --jars)
 batchscore score --config F …       run the scoring job in this process
-batchscore submit score --config F …  run it through spark-submit
+batchscore shadow --config F …      champion and challenger in one pass, compared (verdict, report)
+batchscore submit score|shadow --config F …  run a job through spark-submit
 batchscore demo                     models, input and a spark-submit run on the embedded stack
 """
 
@@ -42,6 +43,12 @@ def _score(args: Sequence[str]) -> int:
     return score_main(args)
 
 
+def _shadow(args: Sequence[str]) -> int:
+    from jobs.shadow import main as shadow_main
+
+    return shadow_main(args)
+
+
 def _submit(args: Sequence[str]) -> int:
     from jobs.submit import submit
 
@@ -56,7 +63,14 @@ def _demo(args: Sequence[str]) -> int:
     return demo_main(args)
 
 
-COMMANDS = {"setup": _setup, "jars": _jars, "score": _score, "submit": _submit, "demo": _demo}
+COMMANDS = {
+    "setup": _setup,
+    "jars": _jars,
+    "score": _score,
+    "shadow": _shadow,
+    "submit": _submit,
+    "demo": _demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

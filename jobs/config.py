@@ -110,6 +110,41 @@ class QualitySection(StrictModel):
     )
 
 
+DEFAULT_THRESHOLDS = {"max_psi": 0.25, "max_ks": 0.2, "min_agreement": 0.9, "min_auc_delta": -0.01}
+
+
+class ShadowSection(StrictModel):
+    """Champion/challenger comparison: the job's ``model`` is the champion."""
+
+    challenger_uri: str = Field(description="models:/name@challenger, models:/name/version or runs:/…")
+    output: TableSection = Field(description="the challenger's scores (same columns as the output)")
+    comparison: TableSection = Field(description="one row per ds and model pair: metrics and verdict")
+    decision_threshold: float = Field(0.5, description="score at or above which a row is 'positive'")
+    label_column: str | None = Field(None, description="input column with the true label, when known")
+    max_compare_rows: int = Field(
+        5_000_000, ge=1, description="metrics on all rows up to this many, else on a uniform sample"
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_THRESHOLDS),
+        description="verdict checks, e.g. max_psi, max_ks, min_agreement, min_spearman, min_auc_delta",
+    )
+
+    @field_validator("challenger_uri")
+    @classmethod
+    def _known_scheme(cls, uri: str) -> str:
+        return ModelSection._known_scheme(uri)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_checks(cls, thresholds: dict[str, float]) -> dict[str, float]:
+        from jobs.compare import CHECKS
+
+        unknown = sorted(set(thresholds) - set(CHECKS))
+        if unknown:
+            raise ValueError(f"unknown threshold(s) {unknown}; expected some of {sorted(CHECKS)}")
+        return thresholds
+
+
 class MlflowSection(StrictModel):
     tracking_uri: str | None = Field(None, description="default: SQLite in BATCHSCORE_HOME")
     registry_uri: str | None = Field(None, description="default: the tracking URI")
@@ -141,6 +176,9 @@ class ScoringJobConfig(StrictModel):
     input: InputSection
     output: OutputSection
     quality: QualitySection = Field(default_factory=QualitySection)
+    shadow: ShadowSection | None = Field(
+        None, description="champion/challenger comparison (batchscore shadow)"
+    )
     mlflow: MlflowSection = Field(default_factory=MlflowSection)
     spark: SparkSection = Field(default_factory=SparkSection)
 

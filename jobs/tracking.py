@@ -57,6 +57,12 @@ class JobRun:
 
             mlflow.log_params({k: "" if v is None else redact(str(v)) for k, v in params.items()})
 
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.log_artifacts(str(folder), artifact_path)
+
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         if self.active:
             import mlflow

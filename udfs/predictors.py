@@ -148,6 +148,41 @@ class PyfuncPredictor:
         return None
 
 
+class PairPredictor:
+    """Champion and challenger resident in one worker (shadow mode): one decode, two computes.
+
+    ``compute`` returns ``[champion_output, challenger_output]``, which the plan's two output columns take
+    by position.
+    """
+
+    def __init__(self, champion: Predictor, challenger: Predictor) -> None:
+        self.champion = champion
+        self.challenger = challenger
+        self.device = champion.device
+        self.shared = (
+            isinstance(champion, TorchPredictor)
+            and isinstance(challenger, TorchPredictor)
+            and champion.device == challenger.device
+            and champion.feature_columns == challenger.feature_columns
+            and champion.row_shape == challenger.row_shape
+        )
+
+    def decode(self, batch: pa.RecordBatch) -> Any:
+        first = self.champion.decode(batch)
+        return first, first if self.shared else self.challenger.decode(batch)
+
+    def compute(self, inputs: Any, start: int, stop: int) -> ModelOutput:
+        first, second = inputs
+        return [
+            np.asarray(self.champion.compute(first, start, stop)),
+            np.asarray(self.challenger.compute(second, start, stop)),
+        ]
+
+    def release_memory(self) -> None:
+        self.champion.release_memory()
+        self.challenger.release_memory()
+
+
 def _use_registry(ref: ModelRef) -> Any:
     """Point this worker's mlflow at the registry the driver resolved ``ref`` in; returns the module."""
     import mlflow

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from udfs import model_cache
 from udfs.device import DeviceChoice, apply_threads, choose_device, current_task_resources
-from udfs.predictors import Predictor, load_predictor
+from udfs.predictors import PairPredictor, Predictor, load_predictor
 from udfs.runtime import ScoringLoop
 from udfs.spec import ModelRef, ScoringPlan
 from udfs.stats import empty_stats, worker_id
@@ -77,7 +77,14 @@ def make_arrow_scorer(ref: ModelRef, plan: ScoringPlan, accumulator: Any = None)
         first = next(non_empty, None)
         if first is not None:  # an empty partition never loads the model
             choice, addresses = task_device(plan)
-            predictor = cached_predictor(ref, plan, choice.device)
+            if plan.pair is not None:  # shadow mode: both models resident, each batch scored by both
+                (first_ref, first_plan), (second_ref, second_plan) = plan.pair
+                predictor: Predictor = PairPredictor(
+                    cached_predictor(first_ref, first_plan, choice.device),
+                    cached_predictor(second_ref, second_plan, choice.device),
+                )
+            else:
+                predictor = cached_predictor(ref, plan, choice.device)
             stats["device_by_worker"][worker] = choice.device
             stats["gpu_addresses_by_worker"][worker] = list(addresses)
             started = time.perf_counter()  # scoring only: a first task's model load is not per-row cost

@@ -80,6 +80,10 @@ class ScoringPlan:
     on_invalid: Literal["quarantine", "fail"] = "quarantine"  # what a row the model cannot take does
     raw_columns: tuple[str, ...] = ()  # columns of an invalid row kept as JSON (keys and features)
     fault: str | None = None  # tests only: BATCHSCORE_FAULT on the driver, e.g. "fail_first_attempt"
+    # Shadow mode: (champion, challenger), each with its own plan; both resident in the worker, each
+    # batch decoded once (shared when the models take the same tensor) and scored by both. ``outputs``
+    # then holds the champion's one output column followed by the challenger's.
+    pair: tuple[tuple[ModelRef, ScoringPlan], tuple[ModelRef, ScoringPlan]] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -97,6 +97,7 @@ def summary_metrics(stats: dict[str, Any]) -> dict[str, float]:
         "model_loads": float(sum(stats["loads_by_worker"].values())),
         "scoring_workers": float(len(stats["loads_by_worker"])),  # Python workers that scored rows
         "scoring_tasks": float(stats["tasks"]),
+        "rows_through_models": float(stats["rows"]),  # each row decoded once (twice if a task retried)
         "model_batches": float(stats["batches"]),
         "oom_backoffs": float(stats["oom_backoffs"]),
         "invalid_rows": float(stats["invalid_rows"]),

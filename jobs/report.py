@@ -1,0 +1,94 @@
+"""The comparison report: PNG plots and a Markdown summary of a champion/challenger comparison."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from jobs.compare import Comparison
+
+
+def write_plots(
+    champion: npt.NDArray[Any], challenger: npt.NDArray[Any], labels: npt.NDArray[Any] | None, folder: Path
+) -> list[Path]:
+    """Overlaid score histograms, a champion-vs-challenger hexbin, and a QQ plot (or, with labels, a
+    calibration plot of both models); returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    bins: Any = np.linspace(min(champion.min(), challenger.min()), max(champion.max(), challenger.max()), 50)
+    axes.hist(champion, bins=bins, alpha=0.5, label="champion", density=True)
+    axes.hist(challenger, bins=bins, alpha=0.5, label="challenger", density=True)
+    axes.set(xlabel="score", ylabel="density", title="Score distributions")
+    axes.legend()
+    paths.append(_save(figure, folder / "histograms.png"))
+
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.hexbin(champion, challenger, gridsize=40, mincnt=1, bins="log")
+    low, high = float(bins[0]), float(bins[-1])
+    axes.plot([low, high], [low, high], color="black", linewidth=0.8)
+    axes.set(xlabel="champion score", ylabel="challenger score", title="Champion vs challenger")
+    paths.append(_save(figure, folder / "hexbin.png"))
+
+    figure, axes = plt.subplots(figsize=(5, 5))
+    if labels is not None:
+        for name, scores in (("champion", champion), ("challenger", challenger)):
+            edges = np.unique(np.quantile(scores, np.linspace(0, 1, 11)))
+            index = np.clip(np.searchsorted(edges[1:-1], scores, side="right"), 0, len(edges) - 2)
+            mean_score = [scores[index == i].mean() for i in range(len(edges) - 1) if np.any(index == i)]
+            rate = [labels[index == i].mean() for i in range(len(edges) - 1) if np.any(index == i)]
+            axes.plot(mean_score, rate, marker="o", label=name)
+        axes.plot([0, 1], [0, 1], color="black", linewidth=0.8)
+        axes.set(xlabel="mean score (decile)", ylabel="observed rate", title="Calibration")
+        axes.legend()
+        paths.append(_save(figure, folder / "calibration.png"))
+    else:
+        q = np.linspace(0.01, 0.99, 99)
+        axes.plot(np.quantile(champion, q), np.quantile(challenger, q), marker=".")
+        axes.plot([low, high], [low, high], color="black", linewidth=0.8)
+        axes.set(xlabel="champion quantiles", ylabel="challenger quantiles", title="QQ")
+        paths.append(_save(figure, folder / "qq.png"))
+    return paths
+
+
+def _save(figure: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def write_markdown(comparison: Comparison, context: Mapping[str, Any], plots: list[Path], path: Path) -> Path:
+    """A short Markdown report: what was compared, the verdict, every metric, the plots."""
+    lines = [
+        f"# Shadow comparison {context.get('model_name')}: v{context.get('champion_version')} (champion) "
+        f"vs v{context.get('challenger_version')} (challenger)",
+        "",
+        f"- partition: {context.get('ds')}",
+        f"- rows compared: {int(comparison.metrics.get('rows', 0)):,}"
+        f" of {context.get('rows_scored'):,} scored",
+        f"- job run: {context.get('job_run_id')}",
+        f"- **verdict: {comparison.verdict.upper()}**"
+        + (f" ({'; '.join(comparison.failed)})" if comparison.failed else ""),
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        *(f"| {name} | {value:.6g} |" for name, value in comparison.metrics.items()),
+        "",
+        *(f"![{p.stem}]({p.name})" for p in plots),
+        "",
+    ]
+    path.write_text("\n".join(lines))
+    return path
