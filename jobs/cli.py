@@ -4,6 +4,7 @@ batchscore setup                    fetch Delta's jars once into $BATCHSCORE_HOM
 batchscore jars                     print the cached jars, comma-separated (for spark-submit --jars)
 batchscore score --config F …       run the scoring job in this process
 batchscore shadow --config F …      champion and challenger in one pass, compared (verdict, report)
+batchscore promote --config F [--rollback|--force]  move the champion alias (gated by the comparison)
 batchscore submit score|shadow --config F …  run a job through spark-submit
 batchscore demo                     models, input and a spark-submit run on the embedded stack
 """
@@ -49,6 +50,12 @@ def _shadow(args: Sequence[str]) -> int:
     return shadow_main(args)
 
 
+def _promote(args: Sequence[str]) -> int:
+    from jobs.promote import main as promote_main
+
+    return promote_main(args)
+
+
 def _submit(args: Sequence[str]) -> int:
     from jobs.submit import submit
 
@@ -68,6 +75,7 @@ COMMANDS = {
     "jars": _jars,
     "score": _score,
     "shadow": _shadow,
+    "promote": _promote,
     "submit": _submit,
     "demo": _demo,
 }

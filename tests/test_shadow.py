@@ -127,3 +127,78 @@ def test_identical_models_have_zero_delta_and_pass(
     assert result.verdict == "pass", result.comparison.failed
     assert metrics["max_abs_delta"] == 0.0 and metrics["psi"] == 0.0 and metrics["ks"] == 0.0
     assert metrics["auc_delta"] == 0.0
+
+
+@pytest.fixture
+def promo(registry: Registry) -> str:
+    """Model 'promo': the two fraud versions again, aliased champion / challenger (the session's 'fraud'
+    aliases stay untouched)."""
+    import uuid
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(registry.tracking_uri)
+    name = f"promo_{uuid.uuid4().hex[:6]}"
+    client.create_registered_model(name)
+    versions = []
+    for source in (registry.champion, registry.challenger):
+        original = client.get_model_version("fraud", source)
+        versions.append(client.create_model_version(name, original.source, original.run_id).version)
+    client.set_registered_model_alias(name, "champion", versions[0])
+    client.set_registered_model_alias(name, "challenger", versions[1])
+    return name
+
+
+def test_promotion_needs_a_passing_comparison_and_rollback_restores(
+    spark, registry: Registry, input_path: str, tmp_path: Path, promo: str
+) -> None:
+    from mlflow import MlflowClient
+
+    from jobs.promote import PromotionRefusedError, promote, rollback
+
+    client = MlflowClient(registry.tracking_uri)
+    champion = str(client.get_model_version_by_alias(promo, "champion").version)
+    challenger = str(client.get_model_version_by_alias(promo, "challenger").version)
+
+    def cfg(**thresholds: float) -> ScoringJobConfig:
+        document = shadow_config(input_path, tmp_path, f"models:/{promo}@challenger", thresholds=thresholds)
+        document = document.model_dump()
+        document["model"]["uri"] = f"models:/{promo}@champion"
+        return ScoringJobConfig.model_validate(document)
+
+    with pytest.raises(PromotionRefusedError, match="no comparison"):
+        promote(spark, cfg())
+    run(spark, cfg(min_spearman=0.9999), DS)
+    with pytest.raises(PromotionRefusedError, match=r"failed: spearman .* < min_spearman 0\.9999"):
+        promote(spark, cfg())
+    assert str(client.get_model_version_by_alias(promo, "champion").version) == champion
+
+    run(spark, cfg(max_psi=10.0), DS)  # the newest comparison of the pair passes
+    done = promote(spark, cfg())
+    assert (done.champion, done.previous) == (challenger, champion)
+    assert str(client.get_model_version_by_alias(promo, "champion").version) == challenger
+    tags = client.get_model_version(promo, challenger).tags
+    assert tags["batchscore.promoted_by"] and tags["batchscore.promoted_at"]
+    assert tags["batchscore.promoted_reason"].startswith(f"comparison on {DS} passed")
+    assert tags["batchscore.replaced_version"] == champion
+
+    back = rollback(cfg(), reason="bad night")
+    assert back.champion == champion
+    assert str(client.get_model_version_by_alias(promo, "champion").version) == champion
+    assert (
+        client.get_model_version(promo, champion).tags["batchscore.rolled_back_reason"].endswith("bad night")
+    )
+
+
+def test_force_promotes_without_a_comparison_and_says_so(
+    spark, registry: Registry, input_path: str, tmp_path: Path, promo: str
+) -> None:
+    from mlflow import MlflowClient
+
+    from jobs.promote import promote
+
+    document = shadow_config(input_path, tmp_path, f"models:/{promo}@challenger").model_dump()
+    document["model"]["uri"] = f"models:/{promo}@champion"
+    done = promote(spark, ScoringJobConfig.model_validate(document), force=True, reason="hotfix")
+    tags = MlflowClient(registry.tracking_uri).get_model_version(promo, done.champion).tags
+    assert tags["batchscore.promoted_reason"].startswith("--force (hotfix); no comparison")
