@@ -145,6 +145,20 @@ class ShadowSection(StrictModel):
         return thresholds
 
 
+class CanarySection(StrictModel):
+    """Route a stable fraction of entities to the challenger in the nightly job."""
+
+    challenger_uri: str = Field(description="models:/name@challenger, models:/name/version or runs:/…")
+    fraction: float = Field(ge=0.0, le=1.0, description="share of entities scored by the challenger")
+    key_column: str | None = Field(None, description="entity key to hash (default: the first output key)")
+    salt: str = Field("batchscore-canary", description="change it to draw a new, independent split")
+
+    @field_validator("challenger_uri")
+    @classmethod
+    def _known_scheme(cls, uri: str) -> str:
+        return ModelSection._known_scheme(uri)
+
+
 class MlflowSection(StrictModel):
     tracking_uri: str | None = Field(None, description="default: SQLite in BATCHSCORE_HOME")
     registry_uri: str | None = Field(None, description="default: the tracking URI")
@@ -178,6 +192,9 @@ class ScoringJobConfig(StrictModel):
     quality: QualitySection = Field(default_factory=QualitySection)
     shadow: ShadowSection | None = Field(
         None, description="champion/challenger comparison (batchscore shadow)"
+    )
+    canary: CanarySection | None = Field(
+        None, description="nightly job: a stable fraction of entities scored by the challenger"
     )
     mlflow: MlflowSection = Field(default_factory=MlflowSection)
     spark: SparkSection = Field(default_factory=SparkSection)

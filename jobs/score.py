@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from jobs import redact
+from jobs.canary import canary_variant
 from jobs.config import ScoringJobConfig, load_job_config
 from jobs.errors import (
     BatchscoreError,
@@ -32,6 +33,7 @@ from jobs.errors import (
     InvalidInputError,
     MissingPartitionError,
     SchemaMismatchError,
+    SignatureError,
     TableLocationError,
 )
 from jobs.file_scan import FileScan, plan_file_scan
@@ -143,6 +145,43 @@ def build_plan(
         raw_columns=_unique([*cfg.output.key_columns, *features]),
         fault=os.environ.get("BATCHSCORE_FAULT") or None,
     )
+
+
+CHALLENGER_SUFFIX = "__challenger"
+
+
+def pair_plan(
+    champion: ResolvedModel,
+    challenger: ResolvedModel,
+    cfg: ScoringJobConfig,
+    challenger_uri: str,
+    columns: Sequence[str],
+    *,
+    extra: Sequence[str] = (),
+) -> tuple[ScoringPlan, ScoringPlan, ScoringPlan]:
+    """(combined, champion's, challenger's) plans for scoring every row with both models in one pass
+    (shadow and canary jobs): one scalar score each; the challenger's column gets ``__challenger``."""
+    first = build_plan(champion, cfg, columns, check_columns=False)
+    challenger_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"uri": challenger_uri})})
+    second = build_plan(challenger, challenger_cfg, columns, check_columns=False)
+    for resolved, plan in ((champion, first), (challenger, second)):
+        if len(plan.outputs) != 1 or plan.outputs[0].kind != "scalar":
+            raise SignatureError(
+                f"champion/challenger scoring needs one scalar score per model; {resolved.ref.load_uri} "
+                f"gives {[f'{o.name}:{o.kind}' for o in plan.outputs]}"
+            )
+    combined = replace(
+        first,
+        feature_columns=_unique([*first.feature_columns, *second.feature_columns]),
+        passthrough_columns=_unique([*first.passthrough_columns, *extra]),
+        outputs=(
+            first.outputs[0],
+            replace(second.outputs[0], name=first.outputs[0].name + CHALLENGER_SUFFIX),
+        ),
+        raw_columns=_unique([*first.raw_columns, *second.raw_columns]),
+        pair=((champion.ref, first), (challenger.ref, second)),
+    )
+    return combined, first, second
 
 
 def _spark_type(out: OutputField) -> DataType:
@@ -331,8 +370,15 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
             "a nightly run must replace one partition, not the whole table"
         )
     df = read_input(spark, cfg.input, ds)
-    plan = build_plan(resolved, cfg, df.columns, check_columns=False)
-    check_input_schema(df, resolved, plan, cfg)
+    challenger = None
+    if cfg.canary is not None:  # both models score every row; the entity's variant picks the score
+        challenger = resolve_model(cfg.canary.challenger_uri, target.tracking_uri, target.registry_uri)
+        plan, first, second = pair_plan(resolved, challenger, cfg, cfg.canary.challenger_uri, df.columns)
+        check_input_schema(df, resolved, first, cfg)
+        check_input_schema(df, challenger, second, cfg)
+    else:
+        plan = build_plan(resolved, cfg, df.columns, check_columns=False)
+        check_input_schema(df, resolved, plan, cfg)
     if ds is not None:
         partition_files(df, cfg.input, ds)
     output = cfg.output.table or resolve_location(cfg.output.path or "")
@@ -360,7 +406,7 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
         scored = score_input(spark, df, cfg, ds, (ref, plan), lineage=None, stats=stats)
         log.info("scoring %s into %s", cfg.input.describe(), output)
         # Data skipping on keys and scalar scores ("find this entity", "scores above t"); not on lineage.
-        stats_columns = [*cfg.output.key_columns, *(o.name for o in plan.outputs if o.kind == "scalar")]
+        stats_columns = [*cfg.output.key_columns, *(o.name for o in plan.outputs[:1] if o.kind == "scalar")]
         invalid = 0
         with executor_errors():
             if quarantining:
@@ -369,10 +415,20 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
                 valid = scored.where(F.col(REASON_COLUMN).isNull()).drop(REASON_COLUMN, RAW_COLUMN)
             else:
                 valid = scored
-            valid = with_lineage(valid, lineage)
+            if challenger is not None:
+                valid = apply_canary(
+                    valid, cfg, plan, lineage, Lineage.for_model(challenger.ref, tracker.run_id)
+                )
+            else:
+                valid = with_lineage(valid, lineage)
             try:
                 write_idempotent(
-                    valid, cfg.output, ds, commit_tag=tracker.run_id, stats_columns=stats_columns
+                    valid,
+                    cfg.output,
+                    ds,
+                    commit_tag=tracker.run_id,
+                    stats_columns=stats_columns,
+                    merge_schema=challenger is not None,  # enabling a canary adds the `variant` column
                 )
             finally:
                 if quarantining:
@@ -381,6 +437,8 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
         duration = time.perf_counter() - started
         runtime = summary_metrics(stats.value) if stats is not None else {}
         runtime["invalid_rows"] = float(invalid)  # from the count, not the accumulator (retries add twice)
+        if challenger is not None:
+            runtime["canary_rows"] = float(canary_rows(spark, cfg, ds))
         result = ScoreResult(
             rows, duration, output, ref.requested_uri, ref.version, tracker.run_id, ds, runtime, invalid
         )
@@ -405,6 +463,46 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
             runtime["encode_total_s"],
         )
     return result
+
+
+def apply_canary(
+    valid: DataFrame, cfg: ScoringJobConfig, plan: ScoringPlan, champion: Lineage, challenger: Lineage
+) -> DataFrame:
+    """Each row's variant from its entity key; its score and lineage from that variant's model."""
+    from pyspark.sql import functions as F
+
+    assert cfg.canary is not None
+    key = cfg.canary.key_column or cfg.output.key_columns[0]
+    score, other = plan.outputs[0].name, plan.outputs[1].name
+    variant = canary_variant(F.col(key), cfg.canary.fraction, cfg.canary.salt)
+    out = with_lineage(valid.withColumn("variant", variant), champion)
+    chosen = F.col("variant") == F.lit("challenger")
+    out = out.withColumns(
+        {
+            score: F.when(chosen, F.col(other)).otherwise(F.col(score)),
+            "model_name": F.when(chosen, F.lit(challenger.model_name)).otherwise(F.col("model_name")),
+            "model_version": F.when(chosen, F.lit(challenger.model_version)).otherwise(
+                F.col("model_version")
+            ),
+            "model_run_id": F.when(chosen, F.lit(challenger.model_run_id)).otherwise(F.col("model_run_id")),
+        }
+    )
+    return out.select(*plan.passthrough_columns, score, "variant", *LINEAGE_COLUMNS)
+
+
+def canary_rows(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None) -> int:
+    """Rows of this run's output partition that the challenger scored (read back from the output)."""
+    from pyspark.sql import functions as F
+
+    section = cfg.output
+    table = (
+        spark.read.table(section.table)
+        if section.table
+        else spark.read.format("delta").load(resolve_location(section.path or ""))
+    )
+    if ds is not None and section.partition_column:
+        table = table.where(F.col(section.partition_column) == F.lit(ds))
+    return int(table.where(F.col("variant") == F.lit("challenger")).count())
 
 
 def _write_quarantine(scored: DataFrame, cfg: ScoringJobConfig, ds: str | None, job_run_id: str) -> int:

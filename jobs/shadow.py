@@ -23,23 +23,22 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jobs.compare import METRIC_COLUMNS, Comparison, compare
 from jobs.config import ScoringJobConfig, load_job_config
-from jobs.errors import BatchscoreError, SignatureError, TableLocationError
+from jobs.errors import BatchscoreError, TableLocationError
 from jobs.home import batchscore_home, resolve_location
-from jobs.registry import ResolvedModel, resolve_model
+from jobs.registry import resolve_model
 from jobs.report import write_markdown, write_plots
 from jobs.schema_check import check_input_schema
 from jobs.score import (
     Lineage,
-    _unique,
     _write_quarantine,
-    build_plan,
     configure_logging,
     executor_errors,
+    pair_plan,
     partition_files,
     score_input,
     stats_accumulator,
@@ -48,7 +47,6 @@ from jobs.score import (
 from jobs.session import spark_session
 from jobs.tables import read_input, validate_ds, write_idempotent
 from jobs.tracking import job_run, tracking_target
-from udfs.spec import ScoringPlan
 from udfs.stats import summary_metrics
 from udfs.validation import RAW_COLUMN, REASON_COLUMN
 
@@ -57,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("batchscore.shadow")
 
-CHALLENGER_SUFFIX = "__challenger"
 _SAFE_LITERAL = re.compile(r"^[A-Za-z0-9_.:/@-]*$")
 
 
@@ -75,37 +72,6 @@ class ShadowResult:
     @property
     def verdict(self) -> str:
         return self.comparison.verdict
-
-
-def shadow_plan(
-    champion: ResolvedModel, challenger: ResolvedModel, cfg: ScoringJobConfig, columns: Sequence[str]
-) -> tuple[ScoringPlan, ScoringPlan, ScoringPlan]:
-    """(combined, champion's, challenger's) plans: one pass, both models, one scalar score each."""
-    assert cfg.shadow is not None
-    first = build_plan(champion, cfg, columns, check_columns=False)
-    challenger_cfg = cfg.model_copy(
-        update={"model": cfg.model.model_copy(update={"uri": cfg.shadow.challenger_uri})}
-    )
-    second = build_plan(challenger, challenger_cfg, columns, check_columns=False)
-    for resolved, plan in ((champion, first), (challenger, second)):
-        if len(plan.outputs) != 1 or plan.outputs[0].kind != "scalar":
-            raise SignatureError(
-                f"shadow comparison needs one scalar score per model; {resolved.ref.load_uri} gives "
-                f"{[f'{o.name}:{o.kind}' for o in plan.outputs]}"
-            )
-    label = [cfg.shadow.label_column] if cfg.shadow.label_column else []
-    combined = replace(
-        first,
-        feature_columns=_unique([*first.feature_columns, *second.feature_columns]),
-        passthrough_columns=_unique([*first.passthrough_columns, *label]),
-        outputs=(
-            first.outputs[0],
-            replace(second.outputs[0], name=first.outputs[0].name + CHALLENGER_SUFFIX),
-        ),
-        raw_columns=_unique([*first.raw_columns, *second.raw_columns]),
-        pair=((champion.ref, first), (challenger.ref, second)),
-    )
-    return combined, first, second
 
 
 def _literal(value: str | None) -> str:
@@ -173,7 +139,10 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sh
     log.info("champion %s -> %s; challenger %s -> %s", cfg.model.uri, champion.ref.load_uri,
              shadow.challenger_uri, challenger.ref.load_uri)  # fmt: skip
     df = read_input(spark, cfg.input, ds)
-    plan, first, second = shadow_plan(champion, challenger, cfg, df.columns)
+    label = [shadow.label_column] if shadow.label_column else []
+    plan, first, second = pair_plan(
+        champion, challenger, cfg, cfg.shadow.challenger_uri, df.columns, extra=label
+    )
     check_input_schema(df, champion, first, cfg)
     check_input_schema(df, challenger, second, cfg)
     if shadow.label_column and shadow.label_column not in df.columns:
@@ -227,7 +196,6 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sh
                     if rows <= shadow.max_compare_rows
                     else valid.sample(fraction=shadow.max_compare_rows / rows, seed=17)
                 )
-                label = [shadow.label_column] if shadow.label_column else []
                 frame: Any = sample.select(score_column, shadow_column, *label).toPandas()
         finally:
             scored.unpersist()

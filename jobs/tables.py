@@ -89,6 +89,8 @@ def write_idempotent(
     ds: str | None,
     commit_tag: str,
     stats_columns: Sequence[str] = (),
+    *,
+    merge_schema: bool = False,
 ) -> None:
     """Write ``df`` so that a rerun replaces exactly what the previous run of the same ``ds`` wrote.
 
@@ -108,6 +110,8 @@ def write_idempotent(
             "refusing to overwrite the whole table with one partition's rows"
         )
     writer = df.write.format("delta").mode("overwrite").option("userMetadata", commit_tag)
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
     if stats_columns:
         names = ",".join(validate_column(c) for c in stats_columns)
         writer = writer.option("delta.dataSkippingStatsColumns", names)
