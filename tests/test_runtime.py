@@ -245,3 +245,21 @@ def test_device_choice(requested: str, task: TaskResources, cuda: int, expected:
 def test_configured_cuda_without_a_gpu_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
         choose_device("cuda", TaskResources(), 0)
+
+
+def test_pair_predictor_scores_each_batch_with_both_models_from_one_decode() -> None:
+    from udfs.predictors import PairPredictor
+
+    torch.manual_seed(1)
+    champion, challenger = torch.nn.Linear(2, 1).eval(), torch.nn.Linear(2, 1).eval()
+    outputs = (OutputField("score", "float32"), OutputField("score__challenger", "float32"))
+    p = plan(64, outputs=outputs)
+    pair = PairPredictor(
+        TorchPredictor(champion, "cpu", ("a", "b")), TorchPredictor(challenger, "cpu", ("a", "b"))
+    )
+    assert pair.shared, "the same features on the same device: decoded once for both models"
+    batches = table(300, 100)
+    out = pa.Table.from_batches(list(ScoringLoop(pair, p).run(iter(batches))))
+    assert out["id"].to_pylist() == list(range(300))
+    np.testing.assert_allclose(out["score"].to_numpy(), reference(champion, batches), **F32)
+    np.testing.assert_allclose(out["score__challenger"].to_numpy(), reference(challenger, batches), **F32)
