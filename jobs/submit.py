@@ -14,7 +14,7 @@ from jobs.jars import cached_delta_jars
 from jobs.session import DELTA_CONF
 
 JOBS_DIR = Path(__file__).resolve().parent
-SUBMITTABLE_JOBS = ("score",)
+SUBMITTABLE_JOBS = ("score", "shadow")
 LOG4J_CONF = CONF_DIR / "spark" / "log4j2.properties"
 
 

@@ -97,3 +97,30 @@ def test_plain_spark_submit_without_jars_explains_the_fix(home: Path, tmp_path: 
     assert proc.returncode == 2, output[-3000:]
     assert "Delta Lake classes are not on the driver's classpath" in output
     assert "--jars $(batchscore jars)" in output
+
+
+@pytest.mark.slow
+def test_spark_submit_runs_the_shadow_job(spark, registry: Registry, input_path: str, tmp_path: Path) -> None:
+    import json
+
+    config = yaml.safe_load((ROOT / "conf" / "jobs" / "fraud_shadow.yaml").read_text())
+    config["input"]["path"] = input_path
+    for section, name in ((config["output"], "scores"), (config["shadow"]["output"], "shadow"),
+                          (config["shadow"]["comparison"], "comparison")):  # fmt: skip
+        section["path"] = str(tmp_path / name)
+    config["spark"]["conf"] = {"spark.master": "local[2]", "spark.ui.enabled": "false"}
+    path = tmp_path / "shadow.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [BATCHSCORE, "submit", "shadow", "--config", str(path), "--ds", DATES[0]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["verdict"] in ("pass", "fail") and Path(summary["report"]).is_file()
+    row = spark.read.format("delta").load(str(tmp_path / "comparison")).collect()[0]
+    assert row["verdict"] == summary["verdict"] and row["rows"] == ROWS_PER_DAY
+    assert row["champion_version"] == registry.champion and row["challenger_version"] == registry.challenger
