@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export BATCHSCORE_HOME ?= $(CURDIR)/.batchscore
 
-.PHONY: setup demo test lint typecheck pytest bench bench-quick lock clean
+.PHONY: setup demo test lint typecheck pytest bench bench-quick lock clean airflow-nightly
 
 # Virtualenv with the exact versions of constraints.txt (pip's cache is reused between machines' runs).
 $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
@@ -23,9 +23,18 @@ setup: $(VENV)/.installed $(BATCHSCORE_HOME)/jars/MANIFEST
 demo: setup
 	$(BIN)/batchscore demo
 
+# The nightly DAG once, for real, on the demo data (after `make demo`): `make airflow-nightly DS=2026-11-29`.
+DS ?= 2026-11-29
+AIRFLOW_ENV = AIRFLOW_HOME=$(CURDIR)/.batchscore/airflow AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/airflow_dags BATCHSCORE_HOME=$(CURDIR)/.batchscore \
+	AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[2]"}' PATH=$(CURDIR)/$(BIN):$$PATH
+airflow-nightly: setup
+	$(AIRFLOW_ENV) $(BIN)/airflow db migrate
+	$(AIRFLOW_ENV) $(BIN)/airflow dags test batchscore_nightly_scoring $(DS)
+
 lint: setup
-	$(BIN)/ruff check jobs udfs tests bench
-	$(BIN)/ruff format --check jobs udfs tests bench
+	$(BIN)/ruff check jobs udfs tests bench airflow_dags
+	$(BIN)/ruff format --check jobs udfs tests bench airflow_dags
 
 typecheck: setup
 	$(BIN)/mypy

@@ -25,9 +25,8 @@ MANIFEST = "MANIFEST"
 
 def delta_coordinate() -> str:
     """The Maven coordinate matching the installed delta-spark and pyspark (as delta's pip_utils does)."""
-    import pyspark
-
-    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
+    # The installed distribution's version, without importing pyspark (schedulers call this while parsing).
+    spark_minor = ".".join(metadata.version("pyspark").split(".")[:2])
     return f"io.delta:delta-spark_{spark_minor}_2.13:{metadata.version('delta-spark')}"
 
 
