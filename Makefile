@@ -33,8 +33,8 @@ airflow-nightly: setup
 	$(AIRFLOW_ENV) $(BIN)/airflow dags test batchscore_nightly_scoring $(DS)
 
 lint: setup
-	$(BIN)/ruff check jobs udfs tests bench airflow_dags
-	$(BIN)/ruff format --check jobs udfs tests bench airflow_dags
+	$(BIN)/ruff check jobs udfs tests bench airflow_dags notebooks
+	$(BIN)/ruff format --check jobs udfs tests bench airflow_dags notebooks
 
 typecheck: setup
 	$(BIN)/mypy

@@ -15,15 +15,19 @@ from jobs.compare import Comparison
 def write_plots(
     champion: npt.NDArray[Any], challenger: npt.NDArray[Any], labels: npt.NDArray[Any] | None, folder: Path
 ) -> list[Path]:
-    """Overlaid score histograms, a champion-vs-challenger hexbin, and a QQ plot (or, with labels, a
-    calibration plot of both models); returns the PNG paths."""
-    import matplotlib
+    """The figures of :func:`figures` as PNG files in ``folder``; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [_save(figure, folder / f"{name}.png") for name, figure in figures(champion, challenger, labels)]
 
-    matplotlib.use("Agg")
+
+def figures(
+    champion: npt.NDArray[Any], challenger: npt.NDArray[Any], labels: npt.NDArray[Any] | None
+) -> list[tuple[str, Any]]:
+    """Overlaid score histograms, a champion-vs-challenger hexbin, and a calibration plot of both models
+    (with labels) or a QQ plot: ``(name, matplotlib Figure)`` pairs, for files or a notebook."""
     import matplotlib.pyplot as plt
 
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
+    made: list[tuple[str, Any]] = []
 
     figure, axes = plt.subplots(figsize=(6, 4))
     bins: Any = np.linspace(min(champion.min(), challenger.min()), max(champion.max(), challenger.max()), 50)
@@ -31,14 +35,14 @@ def write_plots(
     axes.hist(challenger, bins=bins, alpha=0.5, label="challenger", density=True)
     axes.set(xlabel="score", ylabel="density", title="Score distributions")
     axes.legend()
-    paths.append(_save(figure, folder / "histograms.png"))
+    made.append(("histograms", figure))
 
     figure, axes = plt.subplots(figsize=(5, 5))
     axes.hexbin(champion, challenger, gridsize=40, mincnt=1, bins="log")
     low, high = float(bins[0]), float(bins[-1])
     axes.plot([low, high], [low, high], color="black", linewidth=0.8)
     axes.set(xlabel="champion score", ylabel="challenger score", title="Champion vs challenger")
-    paths.append(_save(figure, folder / "hexbin.png"))
+    made.append(("hexbin", figure))
 
     figure, axes = plt.subplots(figsize=(5, 5))
     if labels is not None:
@@ -51,14 +55,14 @@ def write_plots(
         axes.plot([0, 1], [0, 1], color="black", linewidth=0.8)
         axes.set(xlabel="mean score (decile)", ylabel="observed rate", title="Calibration")
         axes.legend()
-        paths.append(_save(figure, folder / "calibration.png"))
+        made.append(("calibration", figure))
     else:
         q = np.linspace(0.01, 0.99, 99)
         axes.plot(np.quantile(champion, q), np.quantile(challenger, q), marker=".")
         axes.plot([low, high], [low, high], color="black", linewidth=0.8)
         axes.set(xlabel="champion quantiles", ylabel="challenger quantiles", title="QQ")
-        paths.append(_save(figure, folder / "qq.png"))
-    return paths
+        made.append(("qq", figure))
+    return made
 
 
 def _save(figure: Any, path: Path) -> Path:
