@@ -16,17 +16,7 @@ from jobs.scheduling import check_partition, input_ready, load_dag_config, spark
 cfg = load_dag_config("nightly_scoring")
 job_config = cfg.job_config_path()
 
-with DAG(
-    dag_id=cfg.dag_id,
-    description="batchscore: score one input partition per day into Delta",
-    schedule=cfg.schedule,
-    start_date=dt.datetime.combine(cfg.start_date, dt.time(), tzinfo=dt.UTC),
-    catchup=cfg.catchup,
-    max_active_runs=cfg.max_active_runs,
-    dagrun_timeout=dt.timedelta(seconds=cfg.dagrun_timeout_s),
-    default_args=cfg.default_args(),
-    tags=cfg.tags,
-) as dag:
+with DAG(**cfg.dag_kwargs("batchscore: score one input partition per day into Delta")) as dag:
     wait_for_input = PythonSensor(
         task_id="wait_for_input",
         python_callable=input_ready,

@@ -16,15 +16,7 @@ cfg = load_dag_config("shadow_comparison")
 job_config = cfg.job_config_path()
 
 with DAG(
-    dag_id=cfg.dag_id,
-    description="batchscore: champion vs challenger on one partition, then promote or record",
-    schedule=cfg.schedule,
-    start_date=dt.datetime.combine(cfg.start_date, dt.time(), tzinfo=dt.UTC),
-    catchup=cfg.catchup,
-    max_active_runs=cfg.max_active_runs,
-    dagrun_timeout=dt.timedelta(seconds=cfg.dagrun_timeout_s),
-    default_args=cfg.default_args(),
-    tags=cfg.tags,
+    **cfg.dag_kwargs("batchscore: champion vs challenger on one partition, then promote or record")
 ) as dag:
     shadow = SparkSubmitOperator(
         task_id="shadow",

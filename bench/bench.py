@@ -91,36 +91,40 @@ def build_mlp(n_features: int) -> Any:
     ).eval()
 
 
-def ensure_model(tracking_uri: str, n_features: int) -> str:
-    """Register the MLP 32-128-64-1 once; returns its pinned models:/ URI."""
+def register_once(tracking_uri: str, name: str, build: Callable[[], Any], signature: Any) -> str:
+    """Register the model ``build()`` makes under ``name`` unless a version exists; its pinned URI."""
     import mlflow
     import mlflow.pytorch
     from mlflow import MlflowClient
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
 
     mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient()
     try:
-        versions = client.search_model_versions(f"name='{MODEL}'")
+        versions = MlflowClient().search_model_versions(f"name='{name}'")
     except mlflow.exceptions.MlflowException:
         versions = []
     if versions:
-        return f"models:/{MODEL}/{max(int(v.version) for v in versions)}"
-    model = build_mlp(n_features)
-    signature = ModelSignature(
-        Schema([ColSpec("double", f) for f in features(n_features)]), Schema([ColSpec("double", "score")])
-    )
+        return f"models:/{name}/{max(int(v.version) for v in versions)}"
     mlflow.set_experiment("batchscore-bench")
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(
-            model,
+            build(),
             name="model",
             signature=signature,
-            registered_model_name=MODEL,
+            registered_model_name=name,
             serialization_format="pickle",
         )
-    return f"models:/{MODEL}/{info.registered_model_version}"
+    return f"models:/{name}/{info.registered_model_version}"
+
+
+def ensure_model(tracking_uri: str, n_features: int) -> str:
+    """Register the MLP 32-128-64-1 once; returns its pinned models:/ URI."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    signature = ModelSignature(
+        Schema([ColSpec("double", f) for f in features(n_features)]), Schema([ColSpec("double", "score")])
+    )
+    return register_once(tracking_uri, MODEL, lambda: build_mlp(n_features), signature)
 
 
 def build_heavy_mlp(dim: int) -> Any:
@@ -140,35 +144,15 @@ def build_heavy_mlp(dim: int) -> Any:
 
 def ensure_heavy_model(tracking_uri: str, dim: int) -> str:
     """Register the heavy MLP with a tensor signature (one float32 input of shape (-1, dim)) once."""
-    import mlflow
-    import mlflow.pytorch
     import numpy as np
-    from mlflow import MlflowClient
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    name = f"{MODEL}_heavy{dim}"
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        versions = MlflowClient().search_model_versions(f"name='{name}'")
-    except mlflow.exceptions.MlflowException:
-        versions = []
-    if versions:
-        return f"models:/{name}/{max(int(v.version) for v in versions)}"
     signature = ModelSignature(
         Schema([TensorSpec(np.dtype("float32"), (-1, dim))]),
         Schema([TensorSpec(np.dtype("float32"), (-1, 1))]),
     )
-    mlflow.set_experiment("batchscore-bench")
-    with mlflow.start_run():
-        info = mlflow.pytorch.log_model(
-            build_heavy_mlp(dim),
-            name="model",
-            signature=signature,
-            registered_model_name=name,
-            serialization_format="pickle",
-        )
-    return f"models:/{name}/{info.registered_model_version}"
+    return register_once(tracking_uri, f"{MODEL}_heavy{dim}", lambda: build_heavy_mlp(dim), signature)
 
 
 def ensure_embeddings(spark: Any, path: str, rows: int, dim: int, files: int) -> None:

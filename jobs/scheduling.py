@@ -69,6 +69,20 @@ class DagConfig(StrictModel):
         path = Path(os.path.expandvars(self.job_config))
         return str(path if path.is_absolute() else REPO / path)
 
+    def dag_kwargs(self, description: str) -> dict[str, Any]:
+        """``DAG(...)`` arguments from this config: schedule, dates, concurrency, timeouts, owner, tags."""
+        return {
+            "dag_id": self.dag_id,
+            "description": description,
+            "schedule": self.schedule,
+            "start_date": dt.datetime.combine(self.start_date, dt.time(), tzinfo=dt.UTC),
+            "catchup": self.catchup,
+            "max_active_runs": self.max_active_runs,
+            "dagrun_timeout": dt.timedelta(seconds=self.dagrun_timeout_s),
+            "default_args": self.default_args(),
+            "tags": self.tags,
+        }
+
     def default_args(self) -> dict[str, Any]:
         return {
             "owner": self.owner,

@@ -97,11 +97,8 @@ print(json.dumps({
 """
 
 
-def test_dags_parse_without_a_database_or_spark(tmp_path: Path, input_path: str) -> None:
-    conf = _conf_dir(tmp_path, _job(input_path, tmp_path))
-    env = _airflow_env(tmp_path, conf)
-    # A database URL that cannot work: any query during parsing would fail the import.
-    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = "sqlite:////nonexistent-dir/nothing.db"
+def _parse(env: dict[str, str]) -> dict:
+    """DagBag over airflow_dags/ in a fresh interpreter; what it found, as JSON."""
     proc = subprocess.run(
         [sys.executable, "-c", PARSE, str(ROOT / "airflow_dags")],
         env=env,
@@ -110,7 +107,15 @@ def test_dags_parse_without_a_database_or_spark(tmp_path: Path, input_path: str)
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_dags_parse_without_a_database_or_spark(tmp_path: Path, input_path: str) -> None:
+    conf = _conf_dir(tmp_path, _job(input_path, tmp_path))
+    env = _airflow_env(tmp_path, conf)
+    # A database URL that cannot work: any query during parsing would fail the import.
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = "sqlite:////nonexistent-dir/nothing.db"
+    result = _parse(env)
     assert result["errors"] == {}
     assert not result["pyspark"], "parsing must not import (let alone start) Spark"
     assert all(seconds < 2.0 for seconds in result["file_seconds"].values()), result["file_seconds"]
@@ -130,14 +135,7 @@ def test_dags_parse_without_a_database_or_spark(tmp_path: Path, input_path: str)
                   "existing_cluster_id": "0101-abc"}  # fmt: skip
     conf = _conf_dir(tmp_path, _job(input_path, tmp_path), backend="databricks", databricks=databricks)
     env["BATCHSCORE_AIRFLOW_CONF"] = str(conf)
-    proc = subprocess.run(
-        [sys.executable, "-c", PARSE, str(ROOT / "airflow_dags")],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = _parse(env)
     assert result["errors"] == {}
     nightly = result["dags"]["batchscore_nightly_scoring"]
     assert nightly["tasks"]["score"] == "DatabricksSubmitRunOperator"
