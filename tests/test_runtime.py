@@ -73,6 +73,42 @@ def test_rebatch_sizes_are_independent_of_arrow_batches() -> None:
     assert list(rebatch([], 10)) == []
 
 
+def test_rebatch_slices_large_source_batches_without_copying() -> None:
+    source = table(1000, 1000)
+    batches = [*source, *table(50, 50), *table(700, 700)]
+    out = list(rebatch(batches, 300))
+    assert [b.num_rows for b in out] == [300, 300, 300, 300, 300, 250]
+    assert pa.Table.from_batches(out)["id"].to_pylist() == [*range(1000), *range(50), *range(700)]
+    # The first three are views of the first source batch (same data buffer), not copies.
+    assert out[0].column(1).buffers()[1].address == source[0].column(1).buffers()[1].address
+
+
+@pytest.mark.parametrize(
+    ("a", "proven"),
+    [
+        ([0.5, 1.5, -2.0], True),
+        ([0.5, float("nan"), -2.0], False),
+        ([0.5, float("inf"), -2.0], False),
+        ([0.5, None, -2.0], False),
+        ([0.5, 1e39, -2.0], False),  # finite as a double, infinite as the model's float32
+    ],
+)
+def test_a_batch_is_proven_valid_on_its_decoded_buffer(a: list[float | None], proven: bool) -> None:
+    batch = pa.record_batch({"id": [0, 1, 2], "a": pa.array(a, pa.float64()), "b": [1.0, 2.0, 3.0]})
+    predictor = TorchPredictor(linear(), "cpu", ("a", "b"))
+    inputs = predictor.decode_if_valid(batch)
+    assert (inputs is not None) == proven
+    if proven:
+        np.testing.assert_array_equal(inputs.numpy(), predictor.decode(batch).numpy())
+
+
+def test_arrays_of_unequal_length_are_left_to_the_row_check() -> None:
+    batch = pa.record_batch({"v": pa.array([[1.0, 2.0], [3.0]], pa.list_(pa.float32()))})
+    assert TorchPredictor(linear(), "cpu", ("v",)).decode_if_valid(batch) is None
+    nested_null = pa.record_batch({"v": pa.array([[1.0, 2.0], [3.0, None]], pa.list_(pa.float32()))})
+    assert TorchPredictor(linear(), "cpu", ("v",)).decode_if_valid(nested_null) is None
+
+
 def test_empty_input_yields_nothing() -> None:
     assert run(linear(), [], plan(8)).num_rows == 0
 

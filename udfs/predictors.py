@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from udfs.arrow_tensor import ModelOutput, features_to_numpy
 from udfs.spec import ModelRef, ScoringPlan
+from udfs.validation import has_nulls
 
 
 class Predictor(Protocol):
@@ -24,6 +25,11 @@ class Predictor(Protocol):
     device: str
 
     def decode(self, batch: pa.RecordBatch) -> Any: ...
+
+    def decode_if_valid(self, batch: pa.RecordBatch) -> Any | None:
+        """``decode(batch)`` when the batch is provably valid for the model as a whole, else None (the
+        scoring loop then checks it row by row)."""
+        ...
 
     def compute(self, inputs: Any, start: int, stop: int) -> ModelOutput: ...
 
@@ -74,9 +80,24 @@ class TorchPredictor:
         self.copy_stream = torch.cuda.Stream(device=device) if self.cuda else None  # type: ignore[no-untyped-call]
 
     def decode(self, batch: pa.RecordBatch) -> Any:
+        return self._to_inputs(features_to_numpy(batch, self.feature_columns, self.row_shape))
+
+    def decode_if_valid(self, batch: pa.RecordBatch) -> Any | None:
+        """No nulls (Arrow metadata), equal array lengths and a finite sum of the decoded float32 buffer
+        prove every row valid: one vectorised pass instead of a check per column."""
+        if has_nulls(batch, self.feature_columns):
+            return None
+        try:
+            features = features_to_numpy(batch, self.feature_columns, self.row_shape)
+        except ValueError:  # arrays of different lengths: found and reported row by row
+            return None
+        if not np.isfinite(features.sum()):  # NaN, infinity, or a float32 overflow somewhere
+            return None
+        return self._to_inputs(features)
+
+    def _to_inputs(self, features: np.ndarray[Any, Any]) -> Any:
         import torch
 
-        features = features_to_numpy(batch, self.feature_columns, self.row_shape)
         with warnings.catch_warnings():
             # Zero-copy views of Arrow buffers are read-only; the model only reads its input.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -133,6 +154,9 @@ class PyfuncPredictor:
         self.feature_columns = feature_columns
         self.input_names = input_names or feature_columns
 
+    def decode_if_valid(self, batch: pa.RecordBatch) -> Any | None:
+        return None  # any input types: the loop checks row by row
+
     def decode(self, batch: pa.RecordBatch) -> Any:
         frame = batch.select(list(self.feature_columns)).to_pandas()
         frame.columns = list(self.input_names)
@@ -170,6 +194,13 @@ class PairPredictor:
     def decode(self, batch: pa.RecordBatch) -> Any:
         first = self.champion.decode(batch)
         return first, first if self.shared else self.challenger.decode(batch)
+
+    def decode_if_valid(self, batch: pa.RecordBatch) -> Any | None:
+        first = self.champion.decode_if_valid(batch)
+        if first is None:
+            return None
+        second = first if self.shared else self.challenger.decode_if_valid(batch)
+        return None if second is None else (first, second)
 
     def compute(self, inputs: Any, start: int, stop: int) -> ModelOutput:
         first, second = inputs

@@ -58,7 +58,13 @@ def rebatch(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.RecordB
     """Regroup record batches into batches of exactly ``size`` rows (the last one may be smaller)."""
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
-    for batch in batches:
+    for source in batches:
+        batch = source
+        if not pending and batch.num_rows >= size:  # whole batches of a source batch: slices, no copy
+            whole = batch.num_rows - batch.num_rows % size
+            for start in range(0, whole, size):
+                yield batch.slice(start, size)
+            batch = batch.slice(whole)
         if batch.num_rows == 0:
             continue
         pending.append(batch)
@@ -145,8 +151,12 @@ class ScoringLoop:
         self.chunk = plan.batch_size  # shrinks on out-of-memory and stays small for the task
 
     def _decode(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, Any, Rejected | None, float]:
-        """Validate, then decode the valid rows (in the prefetch thread)."""
+        """Validate, then decode the valid rows (in the prefetch thread). A clean batch is decoded once
+        and proven valid on the decoded buffer; only otherwise is each column checked row by row."""
         started = time.perf_counter()
+        inputs = self.predictor.decode_if_valid(batch)
+        if inputs is not None:
+            return batch, inputs, None, time.perf_counter() - started
         rejected: Rejected | None = None
         invalid = find_invalid(batch, self.plan.feature_columns, self.plan.row_shape)
         if invalid:

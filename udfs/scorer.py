@@ -16,7 +16,13 @@ from typing import Any
 import pyarrow as pa
 
 from udfs import model_cache
-from udfs.device import DeviceChoice, apply_threads, choose_device, current_task_resources
+from udfs.device import (
+    DeviceChoice,
+    apply_threads,
+    choose_device,
+    current_task_resources,
+    keep_heap_resident,
+)
 from udfs.predictors import PairPredictor, Predictor, load_predictor
 from udfs.runtime import ScoringLoop
 from udfs.spec import ModelRef, ScoringPlan
@@ -58,6 +64,7 @@ def task_device(plan: ScoringPlan) -> tuple[DeviceChoice, tuple[str, ...]]:
     cuda = cuda_device_count() if plan.device != "cpu" else 0
     choice = choose_device(plan.device, resources, cuda)
     apply_threads(choice)
+    keep_heap_resident()
     return choice, resources.gpu_addresses
 
 

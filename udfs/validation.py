@@ -36,6 +36,24 @@ def worker_error(kind: str, message: str) -> str:
     return f"{ERROR_MARKER}[{kind}]: {message}"
 
 
+def has_nulls(batch: pa.RecordBatch, columns: Sequence[str]) -> bool:
+    """Whether any of ``columns`` holds a null, at any depth (Arrow metadata only, no pass over values)."""
+    return any(_holds_null(batch.column(name)) for name in columns)
+
+
+def _holds_null(column: pa.Array) -> bool:
+    if isinstance(column, pa.ChunkedArray):
+        return any(_holds_null(chunk) for chunk in column.chunks)
+    if column.null_count:
+        return True
+    kind = column.type
+    if pa.types.is_struct(kind):
+        return any(_holds_null(column.field(i)) for i in range(kind.num_fields))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _holds_null(column.flatten())
+    return False
+
+
 def _float_values(array: pa.Array) -> npt.NDArray[Any] | None:
     if pa.types.is_floating(array.type):
         values: npt.NDArray[Any] = array.to_numpy(zero_copy_only=False)
