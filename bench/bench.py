@@ -1,19 +1,22 @@
 """Benchmark: our scoring path vs mlflow spark_udf, pyspark predict_batch_udf, raw torch and a JVM scan.
 
 Tabular workload: the same input (a Delta table of N rows x 32 double features in ~40 files, one `ds`
-partition), the same registered torch model (MLP 32-128-64-1), the same batch size, each path once into a
-noop sink and once into a Delta table (keys, scores, lineage). Then the cost per row of our path at other
+partition), the same registered torch model (MLP 32-128-64-1), the same batch size, each path into a noop
+sink (keys and scores) and into a Delta table (keys, scores, lineage). Paths run in interleaved rounds
+(--repeat, 3 by default) and each reports its fastest round: this VM's speed swings by 20-50% from minute
+to minute, and interleaving spreads that over every path. Then the cost per row of our path at other
 sizes (1 M by default), and a compute-bound workload: 768-d float embeddings in an array column scored by a
 heavier MLP (768-1024-1024-1). Prints tables of rows/s, peak Python-worker RSS and our ratio to each path;
 writes bench/results/latest.json.
 
     python bench/bench.py [--rows 10000000 | --quick] [--paths ...] [--scaling-rows 1000000]
-                          [--emb-rows 200000]
+                          [--emb-rows 200000] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -41,7 +44,7 @@ class WorkerRss:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.2):
+        while not self._stop.wait(0.5):
             for proc in psutil.process_iter(["cmdline", "memory_info"]):
                 cmdline = " ".join(proc.info["cmdline"] or [])
                 if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline:
@@ -75,20 +78,22 @@ def ensure_input(spark: Any, path: str, rows: int, files: int, n_features: int) 
     marker.write_text(json.dumps(params))
 
 
-def build_mlp(n_features: int) -> Any:
-    """The benchmark model, MLP n-128-64-1 with a sigmoid: registered for the Spark paths, and the same
-    architecture for the raw torch ceiling."""
+def mlp(sizes: tuple[int, ...], seed: int) -> Any:
+    """A ReLU MLP through ``sizes`` with a sigmoid on its one output, in eval mode."""
     import torch
 
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Linear(n_features, 128),
-        torch.nn.ReLU(),
-        torch.nn.Linear(128, 64),
-        torch.nn.ReLU(),
-        torch.nn.Linear(64, 1),
-        torch.nn.Sigmoid(),
-    ).eval()
+    torch.manual_seed(seed)
+    layers: list[Any] = []
+    for width_in, width_out in itertools.pairwise(sizes):
+        layers += [torch.nn.Linear(width_in, width_out), torch.nn.ReLU()]
+    layers[-1] = torch.nn.Sigmoid()
+    return torch.nn.Sequential(*layers).eval()
+
+
+def build_mlp(n_features: int) -> Any:
+    """The benchmark model, MLP n-128-64-1: registered for the Spark paths, and the same architecture for
+    the raw torch ceiling."""
+    return mlp((n_features, 128, 64, 1), seed=0)
 
 
 def register_once(tracking_uri: str, name: str, build: Callable[[], Any], signature: Any) -> str:
@@ -128,18 +133,8 @@ def ensure_model(tracking_uri: str, n_features: int) -> str:
 
 
 def build_heavy_mlp(dim: int) -> Any:
-    """The compute-bound model, MLP dim-1024-1024-1 with a sigmoid (about 3.7 MFLOP per row)."""
-    import torch
-
-    torch.manual_seed(1)
-    return torch.nn.Sequential(
-        torch.nn.Linear(dim, 1024),
-        torch.nn.ReLU(),
-        torch.nn.Linear(1024, 1024),
-        torch.nn.ReLU(),
-        torch.nn.Linear(1024, 1),
-        torch.nn.Sigmoid(),
-    ).eval()
+    """The compute-bound model, MLP dim-1024-1024-1 (about 3.7 MFLOP per row)."""
+    return mlp((dim, 1024, 1024, 1), seed=1)
 
 
 def ensure_heavy_model(tracking_uri: str, dim: int) -> str:
@@ -171,19 +166,7 @@ def ensure_embeddings(spark: Any, path: str, rows: int, dim: int, files: int) ->
     marker.write_text(json.dumps(params))
 
 
-REPEATS = 3  # runs per path (--repeat); each path reports its fastest, the same rule for every path
-
-
-def timed(run: Callable[[], None]) -> tuple[float, float, dict[str, Any]]:
-    """Best of :data:`REPEATS` runs (this VM's speed swings from minute to minute, so one run per path
-    compares noise), peak worker RSS over all of them, and every run's seconds."""
-    times: list[float] = []
-    with WorkerRss() as rss:
-        for _ in range(REPEATS):
-            started = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - started)
-    return min(times), rss.peak_mb, {"all_seconds": [round(t, 3) for t in times]}
+REPEATS = 3  # rounds over the paths (--repeat); each path reports its fastest round
 
 
 class Results:
@@ -312,7 +295,7 @@ def main() -> int:
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8192)
     parser.add_argument("--prefetch", type=int, default=2, help="model.prefetch for our path")
-    parser.add_argument("--repeat", type=int, default=REPEATS, help="runs per path; the fastest counts")
+    parser.add_argument("--repeat", type=int, default=REPEATS, help="rounds; fastest counts")
     parser.add_argument("--paths", default=",".join(TABULAR_PATHS), help="tabular paths to run")
     parser.add_argument(
         "--scaling-rows", default="1000000", help="other sizes for our noop path (comma list; '' for none)"
@@ -451,14 +434,33 @@ def job_config(
     )
 
 
-def run_ours(results: Results, name: str, job: Callable[[], dict[str, float]]) -> None:
-    job()  # warm: workers started, model resident (what a nightly job's later partitions see)
-    runtime: list[dict[str, float]] = []
-    seconds, rss, extra = timed(lambda: runtime.append(job()))
-    fastest = runtime[extra["all_seconds"].index(round(seconds, 3))]
-    results.record(name, seconds, rss, extra, runtime=fastest)
+def interleaved(results: Results, runners: dict[str, Callable[[], Any]]) -> dict[str, list[Any]]:
+    """:data:`REPEATS` rounds, each running every path once in turn; a path's fastest round counts (its
+    first round also starts its workers and loads its model). Interleaving spreads this VM's slow minutes
+    over all paths instead of over whichever ran then. Returns each path's outputs, round by round; our
+    noop path's fastest round's worker metrics go in its results as ``runtime``."""
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    peaks = dict.fromkeys(runners, 0.0)
+    outputs: dict[str, list[Any]] = {name: [] for name in runners}
+    for _ in range(REPEATS):
+        for name, runner in runners.items():
+            with WorkerRss() as rss:
+                started = time.perf_counter()
+                outputs[name].append(runner())
+                seconds[name].append(time.perf_counter() - started)
+            peaks[name] = max(peaks[name], rss.peak_mb)
+    for name, times in seconds.items():
+        fastest = times.index(min(times))
+        extra: dict[str, Any] = {"all_seconds": [round(t, 3) for t in times]}
+        if isinstance(outputs[name][fastest], dict):  # our noop path's worker metrics
+            extra["runtime"] = outputs[name][fastest]
+        results.record(name, times[fastest], peaks[name], extra)
+    return outputs
+
+
+def print_worker_stages(runtime: dict[str, float]) -> None:
     stages = ("task_us_per_row", "compute_total_s", "decode_total_s", "encode_total_s", "scoring_tasks")
-    print("    in workers: " + ", ".join(f"{k} {fastest[k]:.2f}" for k in stages), flush=True)
+    print("    in workers: " + ", ".join(f"{k} {runtime[k]:.2f}" for k in stages), flush=True)
 
 
 def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
@@ -479,14 +481,11 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
     lineage = Lineage.for_model(resolve_model(model_uri, tracking).ref, "bench")
     results = Results(args.rows)
 
+    runners: dict[str, Callable[[], Any]] = {}
     if "ours" in paths:
-        run_ours(results, "ours (noop sink)", ours_job(spark, cfg, model_uri, tracking))
+        runners["ours (noop sink)"] = ours_job(spark, cfg, model_uri, tracking)
     if "ours_delta" in paths:
-        holder: list[Any] = []
-        results.record("ours (Delta out)", *timed(lambda: holder.append(run(spark, cfg, DS))))
-        written = {result.rows_scored for result in holder}
-        if written != {args.rows}:  # the 10 M-row edge case of the reliability guarantees, on every rerun
-            raise SystemExit(f"ours (Delta out) committed {written} rows, expected {args.rows}")
+        runners["ours (Delta out)"] = lambda: run(spark, cfg, DS)
     for name, scores in (
         ("spark_udf", lambda: spark_udf_scores(df, model_uri, cols, "double")),
         (
@@ -498,20 +497,24 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
     ):
         label = "mlflow spark_udf" if name == "spark_udf" else name
         if name in paths:
-            results.record(f"{label} (noop sink)", *timed(lambda scores=scores: noop(scores())))
+            runners[f"{label} (noop sink)"] = lambda scores=scores: noop(scores())
         if f"{name}_delta" in paths:
             sink = delta_sink(str(home / "bench" / f"out_{name}"), lineage)
-            results.record(f"{label} (Delta out)", *timed(lambda sink=sink, scores=scores: sink(scores())))
+            runners[f"{label} (Delta out)"] = lambda sink=sink, scores=scores: sink(scores())
+    if "jvm" in paths:
+        expression = " + ".join(cols)
+        runners["JVM scan (I/O ceiling)"] = lambda: noop(df.selectExpr("key", f"{expression} AS s"))
+    outputs = interleaved(results, runners)
+    if "ours (noop sink)" in outputs:
+        print_worker_stages(results.paths["ours (noop sink)"]["runtime"])
+    written = {result.rows_scored for result in outputs.get("ours (Delta out)", [])}
+    if written - {args.rows}:  # the 10 M-row edge case of the reliability guarantees, on every rerun
+        raise SystemExit(f"ours (Delta out) committed {written} rows, expected {args.rows}")
     if "torch" in paths:
         seconds, threads = raw_torch(
             build_mlp(args.features), args.rows, args.features, args.batch_size, 4_000_000
         )
         results.record("raw torch (compute ceiling)", seconds, 0.0, threads=threads)
-    if "jvm" in paths:
-        expression = " + ".join(cols)
-        results.record(
-            "JVM scan (I/O ceiling)", *timed(lambda: noop(df.selectExpr("key", f"{expression} AS s")))
-        )
     results.table("ours (noop sink)")
     return results
 
@@ -538,8 +541,9 @@ def scaling(spark: Any, args: Any, sizes: list[int], main: dict[str, Any]) -> li
         ensure_input(spark, input_path, size, args.files, args.features)
         cfg = job_config("tabular", model_uri, input_path, args.batch_size, args.prefetch)
         results = Results(size)
-        run_ours(results, f"ours (noop sink) @ {size:,} rows", ours_job(spark, cfg, model_uri, tracking))
-        r = results.paths[f"ours (noop sink) @ {size:,} rows"]
+        name = f"ours (noop sink) @ {size:,} rows"
+        interleaved(results, {name: ours_job(spark, cfg, model_uri, tracking)})
+        r = results.paths[name]
         rows.append(
             {
                 "rows": size,
@@ -585,18 +589,17 @@ def embeddings(spark: Any, args: Any) -> Results:
     cfg = job_config("embeddings", model_uri, input_path, batch, args.prefetch, feature_columns=["embedding"])
     df = spark.read.format("delta").load(input_path).where(f"ds = '{DS}'")
     results = Results(rows)
-    run_ours(results, "ours (noop sink)", ours_job(spark, cfg, model_uri, tracking))
-    results.record(
-        "mlflow spark_udf (noop sink)",
-        *timed(lambda: noop(spark_udf_scores(df, model_uri, ["embedding"], "float"))),
-    )
-    results.record(
-        "predict_batch_udf (noop sink)",
-        *timed(
-            lambda: noop(
+    interleaved(
+        results,
+        {
+            "ours (noop sink)": ours_job(spark, cfg, model_uri, tracking),
+            "mlflow spark_udf (noop sink)": lambda: noop(
+                spark_udf_scores(df, model_uri, ["embedding"], "float")
+            ),
+            "predict_batch_udf (noop sink)": lambda: noop(
                 predict_batch_scores(df, model_uri, tracking, F.col("embedding"), width=dim, batch_size=batch)
-            )
-        ),
+            ),
+        },
     )
     seconds, threads = raw_torch(build_heavy_mlp(dim), rows, dim, batch, 50_000)
     results.record("raw torch (compute ceiling)", seconds, 0.0, threads=threads)

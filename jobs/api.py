@@ -23,6 +23,8 @@ from jobs.config import DEFAULT_THRESHOLDS, ScoringJobConfig
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
+    from jobs.registry import ResolvedModel
+
 
 @dataclass(frozen=True)
 class ComparisonResult:
@@ -45,21 +47,25 @@ class ComparisonResult:
         return self.comparison.failed
 
 
-def _config(
+def _resolve(
     df: DataFrame,
-    model_uri: str,
+    model_uris: list[str],
     *,
     prediction_column: str,
     feature_columns: list[str] | None,
     batch_size: int,
     tracking_uri: str | None,
     registry_uri: str | None,
-    extra: dict[str, Any] | None = None,
-) -> ScoringJobConfig:
-    return ScoringJobConfig.model_validate(
+) -> tuple[ScoringJobConfig, list[ResolvedModel]]:
+    """The job config a notebook call stands for (the first URI as its model), and each URI resolved once
+    to a pinned version."""
+    from jobs.registry import resolve_model
+    from jobs.tracking import tracking_target
+
+    cfg = ScoringJobConfig.model_validate(
         {
             "name": "notebook",
-            "model": {"uri": model_uri, "prediction_column": prediction_column, "batch_size": batch_size},
+            "model": {"uri": model_uris[0], "prediction_column": prediction_column, "batch_size": batch_size},
             # The DataFrame is the input; the path is never read. Every column passes through.
             "input": {"path": "<dataframe>", "feature_columns": feature_columns, "read_mode": "dataframe"},
             "output": {"path": "<dataframe>", "key_columns": list(df.columns), "partition_column": None},
@@ -68,9 +74,10 @@ def _config(
                 "registry_uri": registry_uri,
                 "log_run": False,
             },
-            **(extra or {}),
         }
     )
+    target = tracking_target(cfg.mlflow)
+    return cfg, [resolve_model(uri, target.tracking_uri, target.registry_uri) for uri in model_uris]
 
 
 def score(
@@ -88,22 +95,18 @@ def score(
     model) get null predictions and a reason in ``_invalid_reason`` (their raw values in ``_invalid_row``)."""
     import uuid
 
-    from jobs.registry import resolve_model
     from jobs.schema_check import check_input_schema
     from jobs.score import Lineage, build_plan, transform
-    from jobs.tracking import tracking_target
 
-    cfg = _config(
+    cfg, (resolved,) = _resolve(
         df,
-        model_uri,
+        [model_uri],
         prediction_column=prediction_column,
         feature_columns=feature_columns,
         batch_size=batch_size,
         tracking_uri=tracking_uri,
         registry_uri=registry_uri,
     )
-    target = tracking_target(cfg.mlflow)
-    resolved = resolve_model(model_uri, target.tracking_uri, target.registry_uri)
     plan = build_plan(resolved, cfg, df.columns, check_columns=False)
     check_input_schema(df, resolved, plan, cfg)
     return transform(df, resolved.ref, plan, Lineage.for_model(resolved.ref, f"notebook-{uuid.uuid4().hex}"))
@@ -129,25 +132,20 @@ def compare(
     from pyspark.sql import functions as F
 
     from jobs.compare import compare as compare_scores
-    from jobs.registry import resolve_model
     from jobs.report import figures
     from jobs.schema_check import check_input_schema
     from jobs.score import pair_plan, transform
-    from jobs.tracking import tracking_target
     from udfs.validation import REASON_COLUMN
 
-    cfg = _config(
+    cfg, (champion, challenger) = _resolve(
         df,
-        champion_uri,
+        [champion_uri, challenger_uri],
         prediction_column="score",
         feature_columns=feature_columns,
         batch_size=batch_size,
         tracking_uri=tracking_uri,
         registry_uri=registry_uri,
     )
-    target = tracking_target(cfg.mlflow)
-    champion = resolve_model(champion_uri, target.tracking_uri, target.registry_uri)
-    challenger = resolve_model(challenger_uri, target.tracking_uri, target.registry_uri)
     plan, first, second = pair_plan(champion, challenger, cfg, challenger_uri, df.columns)
     check_input_schema(df, champion, first, cfg)
     check_input_schema(df, challenger, second, cfg)

@@ -74,9 +74,16 @@ def _table_detail(spark: SparkSession, section: InputSection) -> dict[str, Any]:
 
 
 def plan_file_scan(
-    spark: SparkSession, df: DataFrame, section: InputSection, ds: str | None, needed: Sequence[str]
+    spark: SparkSession,
+    df: DataFrame,
+    section: InputSection,
+    ds: str | None,
+    needed: Sequence[str],
+    *,
+    files: Sequence[str] | None = None,
 ) -> tuple[FileScan | None, str]:
-    """``(scan, why)``: the file scan when the fast path is allowed, else ``None`` and the reason."""
+    """``(scan, why)``: the file scan when the fast path is allowed, else ``None`` and the reason.
+    ``files``: ``df.inputFiles()`` when the caller already listed them (listing takes a few 100 ms)."""
     if section.read_mode == "dataframe":
         return None, "input.read_mode is dataframe"
     if section.format != "delta":
@@ -94,7 +101,7 @@ def plan_file_scan(
             return None, f"partition column {column!r} is needed but not fixed by --ds"
         constants[column] = ds
     file_columns = tuple(c for c in needed if c not in partition_columns)
-    files = tuple(df.inputFiles())
+    files = tuple(df.inputFiles() if files is None else files)
     mean_file_bytes = int(detail.get("sizeInBytes") or 0) // max(1, int(detail.get("numFiles") or 0))
     scan = FileScan(files, file_columns, constants, bytes_estimate=mean_file_bytes * len(files))
     return scan, "plain Delta table"

@@ -19,10 +19,10 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from jobs import redact
 from jobs.canary import canary_variant
@@ -61,6 +61,8 @@ if TYPE_CHECKING:
     from pyspark.sql.types import DataType
 
 log = logging.getLogger("batchscore.score")
+
+T = TypeVar("T")
 
 LINEAGE_COLUMNS = ("model_name", "model_version", "model_run_id", "scored_at", "job_run_id")
 
@@ -295,11 +297,13 @@ def score_input(
     *,
     lineage: Lineage | None,
     stats: Any = None,
+    files: Sequence[str] | None = None,
 ) -> DataFrame:
-    """The scored DataFrame, read by the tasks from the table's files when allowed, else through Spark."""
+    """The scored DataFrame, read by the tasks from the table's files when allowed, else through Spark.
+    ``files``: ``df.inputFiles()`` when the caller already listed them."""
     ref, plan = resolved
     needed = list(_unique([*plan.passthrough_columns, *plan.feature_columns]))
-    scan, why = plan_file_scan(spark, df, cfg.input, ds, needed)
+    scan, why = plan_file_scan(spark, df, cfg.input, ds, needed, files=files)
     if scan is None:
         if cfg.input.read_mode == "files":
             raise SchemaMismatchError(f"input.read_mode is files but {why}; use auto or dataframe")
@@ -329,11 +333,12 @@ def executor_errors() -> Iterator[None]:
         raise error(f"a task failed on an executor: {message}") from None
 
 
-def partition_files(df: DataFrame, section: Any, ds: str) -> None:
-    """Fail with the nearest partitions when the input has no data files for ``ds`` at all (an upstream
-    job did not run); a partition whose files hold zero rows is scored as empty."""
-    if df.inputFiles():
-        return
+def partition_files(df: DataFrame, section: Any, ds: str) -> tuple[str, ...]:
+    """The data files of partition ``ds``. Fails with the nearest partitions when there are none at all
+    (an upstream job did not run); a partition whose files hold zero rows is scored as empty."""
+    files = tuple(df.inputFiles())
+    if files:
+        return files
     column = section.partition_column
     spark = df.sparkSession
     whole = (
@@ -379,8 +384,7 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
     else:
         plan = build_plan(resolved, cfg, df.columns, check_columns=False)
         check_input_schema(df, resolved, plan, cfg)
-    if ds is not None:
-        partition_files(df, cfg.input, ds)
+    files = partition_files(df, cfg.input, ds) if ds is not None else None
     output = cfg.output.table or resolve_location(cfg.output.path or "")
     quarantine = cfg.quarantine_section()
     quarantining = cfg.quality.on_invalid == "quarantine"
@@ -403,7 +407,7 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
         stats = stats_accumulator(spark)
         lineage = Lineage.for_model(ref, tracker.run_id)
         # Lineage columns are constants: added after the (persisted) scores, so the cache stays narrow.
-        scored = score_input(spark, df, cfg, ds, (ref, plan), lineage=None, stats=stats)
+        scored = score_input(spark, df, cfg, ds, (ref, plan), lineage=None, stats=stats, files=files)
         log.info("scoring %s into %s", cfg.input.describe(), output)
         # Data skipping on keys and scalar scores ("find this entity", "scores above t"); not on lineage.
         stats_columns = [*cfg.output.key_columns, *(o.name for o in plan.outputs[:1] if o.kind == "scalar")]
@@ -411,7 +415,7 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
         with executor_errors():
             if quarantining:
                 scored = scored.persist()
-                invalid = _write_quarantine(with_lineage(scored, lineage), cfg, ds, tracker.run_id)
+                _, invalid = write_quarantine(with_lineage(scored, lineage), cfg, ds, tracker.run_id)
                 valid = scored.where(F.col(REASON_COLUMN).isNull()).drop(REASON_COLUMN, RAW_COLUMN)
             else:
                 valid = scored
@@ -505,9 +509,11 @@ def canary_rows(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None) -> i
     return int(table.where(F.col("variant") == F.lit("challenger")).count())
 
 
-def _write_quarantine(scored: DataFrame, cfg: ScoringJobConfig, ds: str | None, job_run_id: str) -> int:
+def write_quarantine(
+    scored: DataFrame, cfg: ScoringJobConfig, ds: str | None, job_run_id: str
+) -> tuple[int, int]:
     """Count the scored rows (one pass, from the persisted result), enforce ``max_invalid_fraction``, and
-    replace the quarantine partition with this run's invalid rows. Returns the invalid row count."""
+    replace the quarantine partition with this run's invalid rows. Returns ``(rows, invalid rows)``."""
     from pyspark.sql import functions as F
 
     counts = scored.select(F.count(F.lit(1)).alias("rows"), F.count(REASON_COLUMN).alias("invalid")).first()
@@ -534,7 +540,7 @@ def _write_quarantine(scored: DataFrame, cfg: ScoringJobConfig, ds: str | None, 
             *partition,
         )
         write_idempotent(rows, quarantine, ds, commit_tag=job_run_id, stats_columns=cfg.output.key_columns)
-    return invalid
+    return total, invalid
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -566,20 +572,30 @@ def configure_logging(level: str = "INFO") -> None:
     redact.install()  # secrets from the environment and URL credentials never reach the log
 
 
+def run_job(
+    args: argparse.Namespace, job: Callable[[SparkSession, ScoringJobConfig, str | None], T]
+) -> T | None:
+    """What every job's ``main`` does around its ``run``: logging, the config (with ``--set`` overrides),
+    the configured SparkSession, and a user error (bad config, unknown model, missing input) logged in one
+    line without a traceback, returning None."""
+    configure_logging(args.log_level)
+    try:
+        cfg = load_job_config(args.config, args.overrides)
+        with spark_session(cfg.spark.profile, cfg.spark.conf) as spark:
+            return job(spark, cfg, args.ds)
+    except BatchscoreError as exc:
+        log.error("%s", exc)
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``batchscore score`` and ``spark-submit jobs/score.py``.
 
     Returns 0 on success and 2 on a user error (bad config, unknown model, missing input), logged without
     a traceback.
     """
-    args = parse_args(argv)
-    configure_logging(args.log_level)
-    try:
-        cfg = load_job_config(args.config, args.overrides)
-        with spark_session(cfg.spark.profile, cfg.spark.conf) as spark:
-            result = run(spark, cfg, args.ds)
-    except BatchscoreError as exc:
-        log.error("%s", exc)
+    result = run_job(parse_args(argv), run)
+    if result is None:
         return 2
     print(
         f"scored {result.rows_scored} rows with {result.model_uri} (version {result.model_version}) "

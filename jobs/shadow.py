@@ -27,24 +27,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jobs.compare import METRIC_COLUMNS, Comparison, compare
-from jobs.config import ScoringJobConfig, load_job_config
-from jobs.errors import BatchscoreError, TableLocationError
+from jobs.config import ScoringJobConfig
+from jobs.errors import TableLocationError
 from jobs.home import batchscore_home, resolve_location
 from jobs.registry import resolve_model
 from jobs.report import write_markdown, write_plots
 from jobs.schema_check import check_input_schema
 from jobs.score import (
     Lineage,
-    _write_quarantine,
-    configure_logging,
     executor_errors,
     pair_plan,
     partition_files,
+    run_job,
     score_input,
     stats_accumulator,
     with_lineage,
+    write_quarantine,
 )
-from jobs.session import spark_session
 from jobs.tables import read_input, validate_ds, write_idempotent
 from jobs.tracking import job_run, tracking_target
 from udfs.stats import summary_metrics
@@ -147,8 +146,7 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sh
     check_input_schema(df, challenger, second, cfg)
     if shadow.label_column and shadow.label_column not in df.columns:
         raise TableLocationError(f"shadow.label_column {shadow.label_column!r} is not an input column")
-    if ds is not None:
-        partition_files(df, cfg.input, ds)
+    files = partition_files(df, cfg.input, ds) if ds is not None else None
     score_column = first.outputs[0].name
     shadow_column = plan.outputs[1].name
     keep = list(first.passthrough_columns)
@@ -168,10 +166,13 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sh
         stats = stats_accumulator(spark)
         lineage = Lineage.for_model(champion.ref, tracker.run_id)
         challenger_lineage = Lineage.for_model(challenger.ref, tracker.run_id, lineage.scored_at)
-        scored = score_input(spark, df, cfg, ds, (champion.ref, plan), lineage=None, stats=stats).persist()
+        scored = score_input(
+            spark, df, cfg, ds, (champion.ref, plan), lineage=None, stats=stats, files=files
+        ).persist()
         try:
             with executor_errors():
-                invalid = _write_quarantine(with_lineage(scored, lineage), cfg, ds, tracker.run_id)
+                total, invalid = write_quarantine(with_lineage(scored, lineage), cfg, ds, tracker.run_id)
+                rows = total - invalid
                 valid = scored.where(F.col(REASON_COLUMN).isNull()).drop(REASON_COLUMN, RAW_COLUMN)
                 stats_columns = [*cfg.output.key_columns, score_column]
                 write_idempotent(
@@ -190,7 +191,6 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sh
                     commit_tag=tracker.run_id,
                     stats_columns=stats_columns,
                 )
-                rows = valid.count()
                 sample = (
                     valid
                     if rows <= shadow.max_compare_rows
@@ -275,13 +275,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging(args.log_level)
-    try:
-        cfg = load_job_config(args.config, args.overrides)
-        with spark_session(cfg.spark.profile, cfg.spark.conf) as spark:
-            result = run(spark, cfg, args.ds)
-    except BatchscoreError as exc:
-        log.error("%s", exc)
+    result = run_job(args, run)
+    if result is None:
         return 2
     failed = f" ({'; '.join(result.comparison.failed)})" if result.comparison.failed else ""
     print(
