@@ -384,9 +384,10 @@ TABULAR_PATHS = (
 
 def ours_job(spark: Any, cfg: Any, model_uri: str, tracking: str) -> Callable[[], dict[str, float]]:
     """Our scoring path into a noop sink (model resolved and plan built once, like a job's later runs);
-    returns a callable that runs it and gives the workers' runtime metrics. Like the anchors' noop paths it
-    produces keys and scores (plus the quarantine columns its row checks add); lineage is part of the
-    Delta-out comparison, where every path writes it."""
+    returns a callable that runs it and gives the workers' runtime metrics. The sink gets what the anchors'
+    noop paths give it, keys and scores (the workers still send their quarantine columns; the JVM does not
+    add the partition column); lineage and the partition column are part of the Delta-out comparison,
+    where every path writes them."""
     from jobs.registry import resolve_model
     from jobs.score import build_plan, score_input, stats_accumulator
     from jobs.tables import read_input
@@ -406,7 +407,7 @@ def ours_job(spark: Any, cfg: Any, model_uri: str, tracking: str) -> Callable[[]
             lineage=None,
             stats=stats,
         )
-        noop(scored)
+        noop(scored.select(*cfg.output.key_columns, "score"))  # what the anchors' noop paths produce
         return summary_metrics(stats.value)
 
     return once
