@@ -111,14 +111,15 @@ def spark_submit_kwargs(job: str, job_config: str, *job_args: str) -> dict[str, 
     """Arguments of ``SparkSubmitOperator`` running ``jobs/<job>.py`` as ``batchscore submit`` does:
     Delta's cached jars, the profile's and the job's Spark conf, quiet log4j, this Python for the workers."""
     from jobs.jars import cached_delta_jars
-    from jobs.session import DELTA_CONF
+    from jobs.session import DELTA_CONF, with_driver_java_options
     from jobs.submit import JOBS_DIR, LOG4J_CONF
 
     cfg = load_job_config(job_config)
     profile = load_spark_profile(cfg.spark.profile)
-    conf = {**profile.conf, **cfg.spark.conf}
+    conf = with_driver_java_options(
+        {**profile.conf, **cfg.spark.conf}, f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}"
+    )
     conf.pop("spark.master", None)  # the Spark connection says where to run
-    conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}"
     jars = ""
     if profile.delta:
         conf.update(DELTA_CONF)

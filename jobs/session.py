@@ -29,6 +29,15 @@ DELTA_CONF = {
 }
 
 
+def with_driver_java_options(conf: Mapping[str, str], *options: str) -> dict[str, str]:
+    """``conf`` with ``options`` appended to ``spark.driver.extraJavaOptions`` (spark-submit's
+    ``--driver-java-options`` would replace the profile's instead)."""
+    merged = dict(conf)
+    current = merged.get("spark.driver.extraJavaOptions", "").split()
+    merged["spark.driver.extraJavaOptions"] = " ".join([*current, *(o for o in options if o not in current)])
+    return merged
+
+
 def session_conf(profile: SparkProfile, extra: Mapping[str, str], home: Path | None = None) -> dict[str, str]:
     """Every setting a new session gets from ``profile`` and the job's own ``spark.conf``."""
     conf = dict(profile.conf)

@@ -11,7 +11,7 @@ from pathlib import Path
 from jobs.config import CONF_DIR, load_job_config, load_spark_profile
 from jobs.errors import ConfigError
 from jobs.jars import cached_delta_jars
-from jobs.session import DELTA_CONF
+from jobs.session import DELTA_CONF, with_driver_java_options
 
 JOBS_DIR = Path(__file__).resolve().parent
 SUBMITTABLE_JOBS = ("score", "shadow")
@@ -42,11 +42,12 @@ def spark_submit_command(job: str, job_args: Sequence[str]) -> tuple[list[str], 
     profile = load_spark_profile(cfg.spark.profile)
     spark_home = _find_spark_home()
     command = [str(Path(spark_home) / "bin" / "spark-submit")]
-    # Spark's own INFO lines drown the job's progress lines; WARN and above still show.
-    command += ["--driver-java-options", f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}"]
     if profile.master:
         command += ["--master", profile.master]
-    conf = {**profile.conf, **cfg.spark.conf}
+    # Spark's own INFO lines drown the job's progress lines; WARN and above still show.
+    conf = with_driver_java_options(
+        {**profile.conf, **cfg.spark.conf}, f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}"
+    )
     if profile.delta:
         command += ["--jars", ",".join(cached_delta_jars())]
         conf.update(DELTA_CONF)

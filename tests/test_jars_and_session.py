@@ -50,3 +50,26 @@ def test_active_session_is_reused_and_not_stopped(spark) -> None:
     with spark_session("local") as inner:
         assert inner is spark
     assert spark.range(3).count() == 3, "the shared session must still be running"
+
+
+def test_profile_java_options_reach_the_jvm(spark) -> None:
+    """The local profile's Arrow settings are system properties of the JVM the session runs in."""
+    system = spark.sparkContext._jvm.java.lang.System
+    assert system.getProperty("arrow.enable_unsafe_memory_access") == "true"
+    assert system.getProperty("arrow.enable_null_check_for_get") == "false"
+
+
+def test_spark_submit_keeps_the_profile_java_options_beside_its_log4j_file(tmp_path: Path) -> None:
+    from jobs.submit import spark_submit_command
+
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "name: t\nmodel: {uri: 'models:/m/1'}\ninput: {path: /data/in}\n"
+        "output: {path: /data/out, key_columns: [id]}\n"
+    )
+    command, _ = spark_submit_command("score", ["--config", str(config)])
+    assert "--driver-java-options" not in command  # it would replace the profile's options
+    options = [arg for arg in command if arg.startswith("spark.driver.extraJavaOptions=")]
+    assert len(options) == 1
+    assert "-Dlog4j2.configurationFile=" in options[0]
+    assert "-Darrow.enable_unsafe_memory_access=true" in options[0]
