@@ -20,7 +20,6 @@ from typing import Any
 
 from jobs.config import ScoringJobConfig, load_job_config
 from jobs.errors import BatchscoreError
-from jobs.home import resolve_location
 from jobs.score import configure_logging
 from jobs.tracking import tracking_target
 
@@ -62,17 +61,13 @@ def latest_comparison(spark: Any, cfg: ScoringJobConfig, champion_uri: str, chal
     """The newest comparison row of this exact pair, or None."""
     from pyspark.sql import functions as F
 
-    from jobs.tables import table_exists
+    from jobs.tables import read_table, table_exists
 
     assert cfg.shadow is not None
     section = cfg.shadow.comparison
     if not table_exists(spark, section):
         return None
-    table = (
-        spark.read.table(section.table)
-        if section.table
-        else spark.read.format("delta").load(resolve_location(section.path or ""))
-    )
+    table = read_table(spark, section)
     rows = (
         table.where((F.col("champion_uri") == champion_uri) & (F.col("challenger_uri") == challenger_uri))
         .orderBy(F.col("compared_at").desc())

@@ -47,7 +47,7 @@ from jobs.registry import (
 )
 from jobs.schema_check import check_input_schema
 from jobs.session import spark_session
-from jobs.tables import committed_rows, read_input, table_exists, write_idempotent
+from jobs.tables import committed_rows, read_input, read_table, table_exists, write_idempotent
 from jobs.tracking import job_run, tracking_target
 from udfs.file_reader import make_file_scorer
 from udfs.scorer import make_arrow_scorer
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("batchscore.score")
 
-T = TypeVar("T")
+ResultT = TypeVar("ResultT")
 
 LINEAGE_COLUMNS = ("model_name", "model_version", "model_run_id", "scored_at", "job_run_id")
 
@@ -340,12 +340,7 @@ def partition_files(df: DataFrame, section: Any, ds: str) -> tuple[str, ...]:
     if files:
         return files
     column = section.partition_column
-    spark = df.sparkSession
-    whole = (
-        spark.read.table(section.table)
-        if section.table is not None
-        else spark.read.format(section.format).load(resolve_location(section.path or ""))
-    )
+    whole = read_table(df.sparkSession, section, section.format)
     found = sorted({m.group(1) for f in whole.inputFiles() if (m := re.search(rf"/{column}=([^/]+)/", f))})
     raise MissingPartitionError(
         f"input {section.describe()} has no partition {column}={ds}; "
@@ -499,11 +494,7 @@ def canary_rows(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None) -> i
     from pyspark.sql import functions as F
 
     section = cfg.output
-    table = (
-        spark.read.table(section.table)
-        if section.table
-        else spark.read.format("delta").load(resolve_location(section.path or ""))
-    )
+    table = read_table(spark, section)
     if ds is not None and section.partition_column:
         table = table.where(F.col(section.partition_column) == F.lit(ds))
     return int(table.where(F.col("variant") == F.lit("challenger")).count())
@@ -573,8 +564,8 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 def run_job(
-    args: argparse.Namespace, job: Callable[[SparkSession, ScoringJobConfig, str | None], T]
-) -> T | None:
+    args: argparse.Namespace, job: Callable[[SparkSession, ScoringJobConfig, str | None], ResultT]
+) -> ResultT | None:
     """What every job's ``main`` does around its ``run``: logging, the config (with ``--set`` overrides),
     the configured SparkSession, and a user error (bad config, unknown model, missing input) logged in one
     line without a traceback, returning None."""

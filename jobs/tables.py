@@ -46,17 +46,21 @@ def validate_ds(ds: str) -> str:
     return ds
 
 
+def read_table(spark: SparkSession, section: TableSection, data_format: str = "delta") -> DataFrame:
+    """The table a config section names, by catalog name or by location."""
+    if section.table is not None:
+        return spark.read.table(validate_table_name(section.table))
+    assert section.path is not None
+    return spark.read.format(data_format).load(resolve_location(section.path))
+
+
 def read_input(spark: SparkSession, section: InputSection, ds: str | None) -> DataFrame:
     """The input rows, filtered to partition ``ds`` when one is given (pushed down as a partition filter)."""
     from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
 
     try:
-        if section.table is not None:
-            df = spark.read.table(validate_table_name(section.table))
-        else:
-            assert section.path is not None
-            df = spark.read.format(section.format).load(resolve_location(section.path))
+        df = read_table(spark, section, section.format)
     except AnalysisException as exc:
         reason = " ".join(str(exc).split("\n")[0].split())[:300]
         raise TableLocationError(
