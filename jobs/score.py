@@ -16,6 +16,7 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
 import argparse
 import datetime as dt
 import logging
+import math
 import os
 import re
 import time
@@ -51,7 +52,7 @@ from jobs.tables import committed_rows, read_input, read_table, table_exists, wr
 from jobs.tracking import job_run, tracking_target
 from udfs.file_reader import make_file_scorer
 from udfs.scorer import make_arrow_scorer
-from udfs.spec import ModelRef, OutputField, ScoringPlan
+from udfs.spec import ModelRef, OutputField, ScoringPlan, arrow_batch_rows
 from udfs.stats import StatsAccumulatorParam, empty_stats, summary_metrics
 from udfs.validation import ERROR_MARKER, RAW_COLUMN, REASON_COLUMN
 
@@ -244,6 +245,37 @@ def with_lineage(scored: DataFrame, lineage: Lineage | None) -> DataFrame:
     )
 
 
+_NUMERIC_BYTES = {"byte": 1, "short": 2, "integer": 4, "long": 8, "float": 4, "double": 8}
+
+
+def feature_row_bytes(schema: Any, plan: ScoringPlan) -> int | None:
+    """Bytes per row of the plan's feature columns as Arrow holds them: numeric columns, or one numeric
+    array column whose length the tensor signature fixes. None when it varies by row (other arrays,
+    structs) or is not known (decimals), and then each Arrow batch holds one model batch."""
+    from pyspark.sql import types as T
+
+    total = 0
+    arrays = 0
+    for name in plan.feature_columns:
+        dtype = schema[name].dataType
+        if isinstance(dtype, T.ArrayType) and plan.row_shape:
+            arrays += 1
+            dtype, values = dtype.elementType, math.prod(plan.row_shape)
+        else:
+            values = 1
+        size = _NUMERIC_BYTES.get(dtype.typeName())
+        if size is None or arrays > 1:
+            return None
+        total += size * values
+    return total
+
+
+def sized_for(df: DataFrame, plan: ScoringPlan) -> ScoringPlan:
+    """``plan`` with its Arrow batch size set from ``df``'s feature columns (:func:`arrow_batch_rows`)."""
+    rows = arrow_batch_rows(plan.batch_size, feature_row_bytes(df.schema, plan))
+    return replace(plan, arrow_batch_rows=rows)
+
+
 def transform(
     df: DataFrame, ref: ModelRef, plan: ScoringPlan, lineage: Lineage | None, stats: Any = None
 ) -> DataFrame:
@@ -253,7 +285,7 @@ def transform(
     from :func:`stats_accumulator`, collects model loads and batch timings when the result is computed.
     """
     selected = df.select(*_unique([*plan.passthrough_columns, *plan.feature_columns]))
-    scored = selected.mapInArrow(make_arrow_scorer(ref, plan, stats), _output_schema(df, plan))
+    scored = selected.mapInArrow(make_arrow_scorer(ref, sized_for(df, plan), stats), _output_schema(df, plan))
     return with_lineage(scored, lineage)
 
 
@@ -276,7 +308,8 @@ def transform_files(
     tasks = spark.range(0, len(groups), 1, numPartitions=len(groups))
     # Partition values are constants: the JVM adds them, so Python never ships them row by row.
     in_python = replace(
-        plan, passthrough_columns=tuple(c for c in plan.passthrough_columns if c not in scan.constants)
+        sized_for(df, plan),
+        passthrough_columns=tuple(c for c in plan.passthrough_columns if c not in scan.constants),
     )
     scorer = make_file_scorer(ref, in_python, list(scan.file_columns), groups, stats)
     scored = tasks.mapInArrow(scorer, _output_schema(df, in_python)).withColumns(

@@ -13,7 +13,7 @@ from udfs.arrow_tensor import features_to_numpy
 from udfs.device import DeviceChoice, TaskResources, choose_device
 from udfs.predictors import TorchPredictor
 from udfs.runtime import ModelOutOfMemoryError, ScoringLoop, prefetch, rebatch
-from udfs.spec import OutputField, ScoringPlan
+from udfs.spec import OutputField, ScoringPlan, arrow_batch_rows
 from udfs.stats import empty_stats, latency_percentile_ms, merge, summary_metrics
 
 SCORE = (OutputField("score", "float32"),)
@@ -142,6 +142,29 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_smaller_size() -> None:
     assert stats["oom_backoffs"] == 3
 
 
+def test_arrow_batches_hold_whole_model_batches() -> None:
+    """Several model calls per Arrow batch: the model gets exactly batch_size rows per call (but the last),
+    rows keep their order, and the stats count model calls and Arrow batches apart."""
+    module = FlakyOnLargeBatches(limit=10**9)  # never fails: records the rows of each call
+    batches = table(1000, 128)
+    stats = empty_stats()
+    result = run(module, batches, plan(64, arrow_batch_rows=256), stats)
+    assert result["id"].to_pylist() == list(range(1000))
+    np.testing.assert_allclose(result["score"].to_numpy(), reference(module.inner, batches), **F32)
+    assert module.sizes == [64] * 15 + [40]  # Arrow batches of 256, 256, 256, 232 rows
+    assert stats["batches"] == 16 and stats["arrow_batches"] == 4
+
+
+def test_arrow_batch_rows_are_a_whole_number_of_model_batches() -> None:
+    assert arrow_batch_rows(2048, 32 * 8) == 32768  # 8 MiB of 32 doubles
+    assert arrow_batch_rows(8192, 32 * 8) == 32768
+    assert arrow_batch_rows(1024, 768 * 4) == 2048  # 768-float embeddings
+    assert arrow_batch_rows(4096, 768 * 4) == 4096  # never less than one model batch
+    assert arrow_batch_rows(4096, None) == 4096  # row size unknown
+    with pytest.raises(ValueError, match="multiple of batch_size 64, found 100"):
+        plan(64, arrow_batch_rows=100)
+
+
 def test_out_of_memory_at_one_row_fails_clearly() -> None:
     with pytest.raises(ModelOutOfMemoryError, match="even with a batch of 1 row"):
         run(FlakyOnLargeBatches(limit=0), table(4, 4), plan(4))
@@ -248,12 +271,14 @@ def test_stats_latency_percentiles_and_merge() -> None:
         record_batch(a if ms % 2 else b, 10, ms / 3000, ms / 3000, ms / 3000)
     b["loads_by_worker"] = {"h:1": 1}
     a["task_s"], b["task_s"] = 0.5, 1.5
+    a["batches"], b["batches"] = 150, 250  # model calls, counted by the loop
     merged = merge(a, b)
-    assert merged["batches"] == 100 and merged["rows"] == 1000
+    assert merged["arrow_batches"] == 100 and merged["batches"] == 400 and merged["rows"] == 1000
     assert latency_percentile_ms(merged, 0.5) == pytest.approx(50, rel=0.07)
     assert latency_percentile_ms(merged, 0.99) == pytest.approx(99, rel=0.07)
     metrics = summary_metrics(merged)
     assert metrics["model_loads"] == 1 and metrics["scoring_workers"] == 1
+    assert metrics["model_batches"] == 400 and metrics["arrow_batches"] == 100
     assert metrics["compute_mean_ms"] == pytest.approx(50.5 / 3, rel=1e-6)
     assert metrics["task_total_s"] == 2.0 and metrics["task_us_per_row"] == pytest.approx(2000.0)
 

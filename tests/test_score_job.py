@@ -10,9 +10,10 @@ from delta.tables import DeltaTable
 
 from jobs.errors import MissingPartitionError, SchemaMismatchError
 from jobs.registry import resolve_model
-from jobs.score import LINEAGE_COLUMNS, Lineage, build_plan, run, transform
+from jobs.score import LINEAGE_COLUMNS, Lineage, build_plan, feature_row_bytes, run, transform
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
 from tests.helpers import assert_close, job_config, reference_scores, score_partition
+from udfs.spec import OutputField, ScoringPlan
 
 
 def test_scores_equal_mlflow_pyfunc(spark, registry: Registry, input_path: str, tmp_path: Path) -> None:
@@ -55,6 +56,29 @@ def test_model_batch_size_does_not_change_scores(
     assert_close(
         scored[["fraud_score"]].to_numpy(), reference_scores(f"models:/fraud/{registry.champion}", source)
     )
+
+
+def test_arrow_batches_are_sized_from_the_feature_columns() -> None:
+    from pyspark.sql import types as T
+
+    schema = T.StructType(
+        [
+            T.StructField("id", T.LongType()),
+            T.StructField("a", T.DoubleType()),
+            T.StructField("b", T.FloatType()),
+            T.StructField("emb", T.ArrayType(T.FloatType())),
+            T.StructField("price", T.DecimalType(10, 2)),
+        ]
+    )
+
+    def plan(features: tuple[str, ...], row_shape: tuple[int, ...] = ()) -> ScoringPlan:
+        outputs = (OutputField("s", "float32"),)
+        return ScoringPlan(features, ("id",), outputs, batch_size=64, row_shape=row_shape)
+
+    assert feature_row_bytes(schema, plan(("a", "b"))) == 12
+    assert feature_row_bytes(schema, plan(("emb",), (2, 4))) == 32  # the tensor signature fixes its length
+    assert feature_row_bytes(schema, plan(("emb",))) is None  # its length may vary by row
+    assert feature_row_bytes(schema, plan(("a", "price"))) is None
 
 
 def test_alias_moved_after_resolution_does_not_change_the_job(

@@ -56,6 +56,6 @@ def make_file_scorer(
     def score_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         groups = itertools.chain.from_iterable(b.column(GROUP_COLUMN).to_pylist() for b in batches)
         paths = itertools.chain.from_iterable(file_groups[g] for g in groups)
-        yield from score(read_files(paths, file_columns, plan.batch_size))
+        yield from score(read_files(paths, file_columns, plan.rows_per_arrow_batch))
 
     return score_files

@@ -178,13 +178,15 @@ class ScoringLoop:
         return batch, inputs, rejected, time.perf_counter() - started
 
     def compute(self, inputs: Any, rows: int) -> ModelOutput:
-        """Run the model over ``rows`` decoded rows, halving the chunk on out-of-memory."""
+        """Run the model over ``rows`` decoded rows, ``batch_size`` rows per call (an Arrow batch holds a
+        whole number of them), halving the chunk on out-of-memory."""
         parts: list[ModelOutput] = []
         start = 0
         while start < rows:
             stop = min(start + self.chunk, rows)
             try:
                 parts.append(self.predictor.compute(inputs, start, stop))
+                self.stats["batches"] += 1
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -275,7 +277,7 @@ class ScoringLoop:
 
     def run(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         decoded = prefetch(
-            (self._decode(b) for b in rebatch(batches, self.plan.batch_size)), self.plan.prefetch
+            (self._decode(b) for b in rebatch(batches, self.plan.rows_per_arrow_batch)), self.plan.prefetch
         )
         for batch, inputs, rejected, decode_s in decoded:
             if rejected is not None:

@@ -71,7 +71,11 @@ class ScoringPlan:
     feature_columns: tuple[str, ...]
     passthrough_columns: tuple[str, ...]
     outputs: tuple[OutputField, ...]
-    batch_size: int = 4096
+    batch_size: int = 4096  # rows per model call
+    # Rows per Arrow batch read, validated, decoded and handed back: a whole number of model calls (0: one).
+    # Larger than batch_size where rows are small, so the per-batch costs of reading, decoding and sending
+    # are shared by several model calls while each call's activations stay in the core's cache.
+    arrow_batch_rows: int = 0
     device: str = "auto"
     input_names: tuple[str, ...] = field(default=())  # column names a pyfunc model expects, in order
     row_shape: tuple[int, ...] = ()  # per-row tensor shape from a tensor signature, e.g. (3, 64, 64)
@@ -88,7 +92,28 @@ class ScoringPlan:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, found {self.batch_size}")
+        if self.arrow_batch_rows < 0 or self.arrow_batch_rows % self.batch_size:
+            raise ValueError(
+                f"arrow_batch_rows must be 0 or a multiple of batch_size {self.batch_size}, "
+                f"found {self.arrow_batch_rows}"
+            )
         if not self.feature_columns:
             raise ValueError("a scoring plan needs at least one feature column, found none")
         if not self.outputs:
             raise ValueError("a scoring plan needs at least one output column, found none")
+
+    @property
+    def rows_per_arrow_batch(self) -> int:
+        return self.arrow_batch_rows or self.batch_size
+
+
+# About this many bytes of input features per Arrow batch (8 MiB: 32,768 rows of 32 doubles).
+ARROW_BATCH_BYTES = 8 << 20
+
+
+def arrow_batch_rows(batch_size: int, row_bytes: int | None, target: int = ARROW_BATCH_BYTES) -> int:
+    """Rows per Arrow batch: the most whole model batches of ``row_bytes``-byte rows within ``target``
+    bytes, at least one; one model batch when the row size is unknown (variable-length arrays)."""
+    if not row_bytes or row_bytes <= 0:
+        return batch_size
+    return max(1, target // (row_bytes * batch_size)) * batch_size
