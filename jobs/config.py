@@ -34,7 +34,7 @@ class ModelSection(StrictModel):
     prediction_column: str = Field("prediction", description="output name when the signature has none")
     device: str = Field("auto", description="auto (task GPU, else CPU), cpu, cuda or cuda:N")
     autocast: Literal["bf16", "fp16"] | None = Field(None, description="torch.autocast dtype for the model")
-    prefetch: int = Field(2, ge=0, description="batches decoded ahead of the model (0: no prefetch thread)")
+    prefetch: int = Field(2, ge=0, description="Arrow batches decoded ahead of the model (0: none)")
 
     @field_validator("device")
     @classmethod

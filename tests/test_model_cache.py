@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -71,3 +73,22 @@ def test_failed_load_is_not_cached() -> None:
         model_cache.get_or_load("k", broken)
     assert model_cache.load_count() == 0
     assert model_cache.get_or_load("k", lambda: "ok") == "ok"
+
+
+def test_a_load_freezes_live_objects_and_an_eviction_releases_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frozen objects are skipped by the ``gc.collect()`` pyspark's daemon runs after every task; an evicted
+    model caught in a reference cycle is still collected."""
+    monkeypatch.setenv("BATCHSCORE_MODEL_CACHE_SIZE", "1")
+
+    class Model:
+        def __init__(self) -> None:
+            self.me = self  # a reference cycle: only the cyclic collector frees it
+
+    first = model_cache.get_or_load("a", Model)
+    assert gc.get_freeze_count() > 0
+    assert not any(o is first for o in gc.get_objects())  # frozen: outside every generation
+    released = weakref.ref(first)
+    del first
+    model_cache.get_or_load("b", Model)  # evicts a
+    gc.collect()
+    assert released() is None

@@ -4,10 +4,17 @@ A module is imported once per Python worker, and with ``spark.python.worker.reus
 its tasks, so a model stored here is loaded once per worker for the whole job, not once per task or batch.
 The cache is bounded (LRU), locked (a worker may run threads), keyed by pinned model version + device, and
 counts its loads so tests can prove "once per worker".
+
+After each load the worker's live objects (its imports, the resident models) are frozen out of the cyclic
+garbage collector's reach: pyspark's daemon runs ``gc.collect()`` after every task of a reused worker, and
+with torch and MLflow imported that walks ~440,000 objects (0.19 s alone, 0.2-0.3 s on a busy core), which
+delayed the start of every task but a worker's first. Evicting a model unfreezes them, so the evicted model
+is collected as usual.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from collections import OrderedDict
@@ -44,6 +51,9 @@ def get_or_load(key: Hashable, load: Callable[[], T]) -> T:
         _models[key] = model
         while len(_models) > max_entries():
             _models.popitem(last=False)
+            gc.unfreeze()  # the evicted model's objects may be collected again
+        gc.collect()  # garbage of the load, not to be frozen
+        gc.freeze()
         return model
 
 
@@ -64,3 +74,4 @@ def clear() -> None:
     with _lock:
         _models.clear()
         _loads = 0
+        gc.unfreeze()
