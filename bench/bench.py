@@ -449,6 +449,19 @@ def ours_job(spark: Any, cfg: Any, model_uri: str, tracking: str) -> Callable[[]
     return once
 
 
+def warmup(spark: Any, args: Any, model_uri: str, tracking: str) -> Callable[[], Any]:
+    """Our noop path on 8,192 rows in 2 files: run untimed before each of our paths' rounds, it restarts
+    our Python workers (and their model) when Spark has stopped them. Spark stops a worker idle for a
+    minute, and ours idle for two while the anchors run (their own workers, busy back to back, stay warm)."""
+    from jobs.home import batchscore_home
+
+    path = str(batchscore_home() / "bench" / "input_warmup")
+    ensure_input(spark, path, 8192, 2, args.features)
+    return ours_job(
+        spark, job_config("warmup", model_uri, path, args.batch_size, args.prefetch), model_uri, tracking
+    )
+
+
 def job_config(
     name: str, model_uri: str, input_path: str, batch_size: int, prefetch: int, **more: Any
 ) -> Any:
@@ -478,16 +491,23 @@ def worker_python(path: str) -> str | None:
     return OUR_PYTHON if path.startswith("ours") else ANCHOR_PYTHON
 
 
-def interleaved(results: Results, runners: dict[str, Callable[[], Any]]) -> dict[str, list[Any]]:
+def interleaved(
+    results: Results,
+    runners: dict[str, Callable[[], Any]],
+    warmups: dict[str, Callable[[], Any]] | None = None,
+) -> dict[str, list[Any]]:
     """:data:`REPEATS` rounds, each running every path once in turn; a path's fastest round counts (its
     first round also starts its workers and loads its model). Interleaving spreads this VM's slow minutes
-    over all paths instead of over whichever ran then. Returns each path's outputs, round by round; our
-    noop path's fastest round's worker metrics go in its results as ``runtime``."""
+    over all paths instead of over whichever ran then. ``warmups`` run, untimed, before their path in every
+    round. Returns each path's outputs, round by round; our noop path's fastest round's worker metrics go
+    in its results as ``runtime``."""
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     peaks = dict.fromkeys(runners, 0.0)
     outputs: dict[str, list[Any]] = {name: [] for name in runners}
     for _ in range(REPEATS):
         for name, runner in runners.items():
+            if warmups and name in warmups:
+                warmups[name]()
             with WorkerRss(worker_python(name)) as rss:
                 started = time.perf_counter()
                 outputs[name].append(runner())
@@ -530,6 +550,8 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
         runners["ours (noop sink)"] = ours_job(spark, cfg, model_uri, tracking)
     if "ours_delta" in paths:
         runners["ours (Delta out)"] = lambda: run(spark, cfg, DS)
+    warm = warmup(spark, args, model_uri, tracking)
+    warmups = {name: warm for name in runners}
     for name, scores in (
         ("spark_udf", lambda: spark_udf_scores(df, model_uri, cols, "double")),
         (
@@ -548,7 +570,7 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
     if "jvm" in paths:
         expression = " + ".join(cols)
         runners["JVM scan (I/O ceiling)"] = lambda: noop(df.selectExpr("key", f"{expression} AS s"))
-    outputs = interleaved(results, runners)
+    outputs = interleaved(results, runners, warmups)
     if "ours (noop sink)" in outputs:
         print_worker_stages(results.paths["ours (noop sink)"]["runtime"])
     written = {result.rows_scored for result in outputs.get("ours (Delta out)", [])}
@@ -586,7 +608,11 @@ def scaling(spark: Any, args: Any, sizes: list[int], main: dict[str, Any]) -> li
         cfg = job_config("tabular", model_uri, input_path, args.batch_size, args.prefetch)
         results = Results(size)
         name = f"ours (noop sink) @ {size:,} rows"
-        interleaved(results, {name: ours_job(spark, cfg, model_uri, tracking)})
+        interleaved(
+            results,
+            {name: ours_job(spark, cfg, model_uri, tracking)},
+            {name: warmup(spark, args, model_uri, tracking)},
+        )
         r = results.paths[name]
         rows.append(
             {
