@@ -83,6 +83,28 @@ def test_rebatch_slices_large_source_batches_without_copying() -> None:
     assert out[0].column(1).buffers()[1].address == source[0].column(1).buffers()[1].address
 
 
+def test_rebatch_keeps_a_large_tail_as_is_so_the_next_source_stays_aligned() -> None:
+    files = [table(1000, 1000)[0], table(1000, 1000)[0]]  # e.g. two Parquet files
+    out = list(rebatch(files, 384))
+    assert [b.num_rows for b in out] == [384, 384, 232, 384, 384, 232]
+    assert pa.Table.from_batches(out)["id"].to_pylist() == [*range(1000), *range(1000)]
+    # Every batch is a view of its file's data, none a copy.
+    addresses = [b.column(1).buffers()[1].address for b in out]
+    assert addresses == [f.column(1).buffers()[1].address for f in files for _ in range(3)]
+
+
+def test_rebatch_copies_only_the_batch_that_spans_two_sources() -> None:
+    first, second = table(1000, 1000)[0], table(1000, 1000)[0]
+    out = list(rebatch([first, second], 300))
+    assert [b.num_rows for b in out] == [300, 300, 300, 300, 300, 300, 200]
+    assert pa.Table.from_batches(out)["id"].to_pylist() == [*range(1000), *range(1000)]
+    data = second.column(1).buffers()[1].address
+    # out[3] joins first's last 100 rows with second's first 200; out[4] and out[5] are views of second.
+    assert out[3].column(1).buffers()[1].address not in (data, first.column(1).buffers()[1].address)
+    assert [b.column(1).buffers()[1].address for b in out[4:6]] == [data, data]
+    assert out[4].column(1).offset == 200
+
+
 @pytest.mark.parametrize(
     ("a", "proven"),
     [

@@ -2,8 +2,9 @@
 
 Independent of Spark and MLflow, so the GPU check drives it exactly as a Spark task does:
 
-* **re-batching** to the model's batch size, whatever Arrow's ``maxRecordsPerBatch`` is (the last batch
-  may be smaller, down to one row);
+* **re-batching** to the plan's Arrow batch size, whatever Arrow's ``maxRecordsPerBatch`` is or however
+  the input's files divide into batches (a file's last batch may hold just over half as many rows, the
+  very last batch down to one);
 * **prefetch**: a thread decodes the next batches (and, on CUDA, starts their host-to-device copies) while
   the model computes the current one;
 * **out-of-memory back-off**: on a CUDA OOM the batch is retried in halves, down to one row; the smaller
@@ -55,29 +56,34 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def rebatch(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
-    """Regroup record batches into batches of exactly ``size`` rows (the last one may be smaller)."""
+    """Regroup record batches into batches of at most ``size`` rows, copying as few rows as possible.
+
+    Whole batches within a source batch are zero-copy slices, and so is a source batch's tail of more than
+    half of ``size`` (e.g. the last rows of each Parquet file: with exact sizes, one file's tail would
+    misalign every batch of the next file, and each would be copied). Smaller tails and small source
+    batches are joined, copied once, with the rows that follow them up to ``size``.
+    """
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     for source in batches:
         batch = source
-        if not pending and batch.num_rows >= size:  # whole batches of a source batch: slices, no copy
-            whole = batch.num_rows - batch.num_rows % size
-            for start in range(0, whole, size):
-                yield batch.slice(start, size)
-            batch = batch.slice(whole)
-        if batch.num_rows == 0:
-            continue
-        pending.append(batch)
-        pending_rows += batch.num_rows
-        if pending_rows < size:
-            continue
-        merged = pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
-        start = 0
-        while merged.num_rows - start >= size:
-            yield merged.slice(start, size)
-            start += size
-        pending = [merged.slice(start)] if start < merged.num_rows else []
-        pending_rows = merged.num_rows - start
+        if pending:  # complete the joined batch with just the rows it lacks
+            head = batch.slice(0, size - pending_rows)
+            pending.append(head)
+            pending_rows += head.num_rows
+            batch = batch.slice(head.num_rows)
+            if pending_rows < size:
+                continue
+            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+            pending, pending_rows = [], 0
+        whole = batch.num_rows - batch.num_rows % size
+        for start in range(0, whole, size):
+            yield batch.slice(start, size)
+        tail = batch.num_rows - whole
+        if tail * 2 > size:
+            yield batch.slice(whole)
+        elif tail:
+            pending, pending_rows = [batch.slice(whole)], tail
     if pending_rows:
         yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
