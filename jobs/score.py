@@ -37,7 +37,7 @@ from jobs.errors import (
     SignatureError,
     TableLocationError,
 )
-from jobs.file_scan import FileScan, plan_file_scan
+from jobs.file_scan import FileScan, local_snapshot, partition_uris, plan_file_scan
 from jobs.home import resolve_location
 from jobs.registry import (
     ResolvedModel,
@@ -369,12 +369,19 @@ def executor_errors() -> Iterator[None]:
 def partition_files(df: DataFrame, section: Any, ds: str) -> tuple[str, ...]:
     """The data files of partition ``ds``. Fails with the nearest partitions when there are none at all
     (an upstream job did not run); a partition whose files hold zero rows is scored as empty."""
-    files = tuple(df.inputFiles())
+    snapshot, _ = local_snapshot(section)  # a local Delta table: listed from its log, in milliseconds
+    listed = partition_uris(snapshot, section.partition_column, ds) if snapshot is not None else None
+    files = tuple(df.inputFiles()) if listed is None else listed
     if files:
         return files
     column = section.partition_column
-    whole = read_table(df.sparkSession, section, section.format)
-    found = sorted({m.group(1) for f in whole.inputFiles() if (m := re.search(rf"/{column}=([^/]+)/", f))})
+    if snapshot is not None:
+        found = sorted({str(v) for f in snapshot.files if (v := f.partition_values.get(column)) is not None})
+    else:
+        whole = read_table(df.sparkSession, section, section.format)
+        found = sorted(
+            {m.group(1) for f in whole.inputFiles() if (m := re.search(rf"/{column}=([^/]+)/", f))}
+        )
     raise MissingPartitionError(
         f"input {section.describe()} has no partition {column}={ds}; "
         f"latest partitions: {found[-5:] or 'none'}"
