@@ -79,3 +79,30 @@ def test_tables_with_deletion_vectors_are_read_through_spark(
     assert result.rows_scored == ROWS_PER_DAY - ROWS_PER_DAY // 10
     with pytest.raises(SchemaMismatchError, match=r"input\.read_mode is files but the Delta table uses"):
         run(spark, _with_read_mode(cfg, "files"), DATES[2])
+
+
+@pytest.mark.parametrize("whole_bytes", [0, 96 << 20])
+def test_read_files_gives_every_row_in_order_in_bounded_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whole_bytes: int
+) -> None:
+    """Row groups read whole (small ones) or batch by batch (above the byte bound): the same rows."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from udfs import file_reader
+
+    monkeypatch.setattr(file_reader, "WHOLE_ROW_GROUP_BYTES", whole_bytes)
+    paths = []
+    for i, rows in enumerate((2500, 700)):
+        data = pa.table({"key": np.arange(rows) + 10_000 * i, "f0": np.random.default_rng(i).random(rows)})
+        paths.append((tmp_path / f"part-{i}.parquet").as_uri())
+        pq.write_table(
+            data.append_column("unused", pa.array(["x"] * rows)),
+            tmp_path / f"part-{i}.parquet",
+            row_group_size=1000,
+        )
+    batches = list(file_reader.read_files(iter(paths), ["key", "f0"], rows_per_batch=384))
+    assert all(b.num_rows <= 384 and b.schema.names == ["key", "f0"] for b in batches)
+    keys = pa.Table.from_batches(batches)["key"].to_pylist()
+    assert keys == [*range(2500), *range(10_000, 10_700)]

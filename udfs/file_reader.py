@@ -34,12 +34,33 @@ def open_parquet(uri: str) -> Any:
     return pq.ParquetFile(filesystem.open_input_file(path))
 
 
+# A row group whose needed columns decode to at most this many bytes is read in one call (~15% less CPU than
+# batch by batch) and then sliced; a larger one is read batch by batch, so a worker's memory stays bounded.
+WHOLE_ROW_GROUP_BYTES = 96 << 20
+
+
+def _needed_bytes(row_group: Any, columns: set[str]) -> int:
+    return sum(
+        row_group.column(i).total_uncompressed_size
+        for i in range(row_group.num_columns)
+        if row_group.column(i).path_in_schema.split(".")[0] in columns
+    )
+
+
 def read_files(paths: Iterator[str], columns: list[str], rows_per_batch: int) -> Iterator[pa.RecordBatch]:
     """Record batches of ``columns`` from each file, in file order."""
+    wanted = set(columns)
     for path in paths:
-        yield from open_parquet(path).iter_batches(
-            batch_size=rows_per_batch, columns=columns, use_threads=False
-        )
+        parquet = open_parquet(path)
+        metadata = parquet.metadata
+        for index in range(metadata.num_row_groups):
+            if _needed_bytes(metadata.row_group(index), wanted) <= WHOLE_ROW_GROUP_BYTES:
+                table = parquet.read_row_group(index, columns=columns, use_threads=False)
+                yield from table.combine_chunks().to_batches(max_chunksize=rows_per_batch)
+            else:
+                yield from parquet.iter_batches(
+                    batch_size=rows_per_batch, row_groups=[index], columns=columns, use_threads=False
+                )
 
 
 def make_file_scorer(
