@@ -106,3 +106,20 @@ def test_read_files_gives_every_row_in_order_in_bounded_batches(
     assert all(b.num_rows <= 384 and b.schema.names == ["key", "f0"] for b in batches)
     keys = pa.Table.from_batches(batches)["key"].to_pylist()
     assert keys == [*range(2500), *range(10_000, 10_700)]
+
+
+def test_only_flat_row_groups_within_the_bound_are_read_whole(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from udfs.file_reader import WHOLE_ROW_GROUP_BYTES, _read_whole, read_files
+
+    path = tmp_path / "nested.parquet"
+    data = pa.table({"key": list(range(50)), "emb": [[float(i)] * 4 for i in range(50)]})
+    pq.write_table(data, path, row_group_size=20)
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    assert _read_whole(group, ["key"]) and not _read_whole(group, ["key", "emb"])
+    assert group.total_byte_size < WHOLE_ROW_GROUP_BYTES
+    batches = list(read_files(iter([path.as_uri()]), ["key", "emb"], rows_per_batch=8))
+    table = pa.Table.from_batches(batches)
+    assert table["key"].to_pylist() == list(range(50)) and table["emb"].to_pylist() == data["emb"].to_pylist()
