@@ -588,7 +588,8 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
 
 
 def scaling(spark: Any, args: Any, sizes: list[int], main: dict[str, Any]) -> list[dict[str, Any]]:
-    """Our noop path at other sizes: end-to-end and in-worker cost per row, and peak worker RSS."""
+    """Our noop path at other sizes (inputs with the main input's rows per file): end-to-end and in-worker
+    cost per row, and peak worker RSS."""
     from jobs.home import batchscore_home, default_tracking_uri
 
     home = batchscore_home()
@@ -606,8 +607,11 @@ def scaling(spark: Any, args: Any, sizes: list[int], main: dict[str, Any]) -> li
     for size in sizes:
         if size == args.rows:
             continue
+        # Same rows per file as the main input: a table grows by more files of the same size, and a file's
+        # row-group size is what bounds a worker's memory (flat row groups up to 96 MiB are read whole).
+        files = max(1, round(args.files * size / args.rows))
         input_path = str(home / "bench" / f"input_{size}")
-        ensure_input(spark, input_path, size, args.files, args.features)
+        ensure_input(spark, input_path, size, files, args.features)
         cfg = job_config("tabular", model_uri, input_path, args.batch_size, args.prefetch)
         results = Results(size)
         name = f"ours (noop sink) @ {size:,} rows"
