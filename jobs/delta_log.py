@@ -23,6 +23,7 @@ from jobs.errors import TableLocationError
 
 _COMMIT = re.compile(r"^(\d{20})\.json$")
 _CLASSIC_CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(?:\.(\d{10})\.(\d{10}))?\.parquet$")
+_NUM_RECORDS = re.compile(r'"numRecords"\s*:\s*(\d+)')
 _V2_CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint\.[0-9a-fA-F-]{36}\.(?:json|parquet)$")
 
 
@@ -102,7 +103,12 @@ def _checkpoint_actions(log: Path, part_names: list[str]) -> list[dict[str, Any]
     actions: list[dict[str, Any]] = []
     for name in part_names:
         parquet = pq.ParquetFile(log / name)
-        columns = [c for c in ("add", "remove", "protocol", "metaData") if c in parquet.schema_arrow.names]
+        names = parquet.schema_arrow.names
+        # A V2 checkpoint may carry a classic name: its file actions then live in sidecar files.
+        v2 = [c for c in ("sidecar", "checkpointMetadata") if c in names]
+        if v2 and any(parquet.read(columns=v2).column(c).null_count < parquet.metadata.num_rows for c in v2):
+            raise UnsupportedLogError(f"checkpoint {name} is a V2 checkpoint (sidecar files)")
+        columns = [c for c in ("add", "remove", "protocol", "metaData") if c in names]
         for row in parquet.read(columns=columns).to_pylist():
             actions += [{kind: action} for kind, action in row.items() if action is not None]
     return actions
@@ -140,12 +146,12 @@ def read_snapshot(table_path: str) -> Snapshot:
     for action in actions:
         if action.get("add"):
             add = action["add"]
-            stats = json.loads(add["stats"]) if add.get("stats") else {}
+            records = _NUM_RECORDS.search(add.get("stats") or "")  # not a full parse: stats can be large
             dv = add.get("deletionVector")
             files[(add["path"], _dv_id(dv))] = LiveFile(
                 add["path"],
                 _partition_values(add.get("partitionValues")),
-                stats.get("numRecords"),
+                int(records.group(1)) if records else None,
                 int(add.get("size") or 0),
                 dv is not None,
             )

@@ -96,6 +96,8 @@ def local_snapshot(section: InputSection) -> tuple[Snapshot | None, str]:
         snapshot = read_snapshot(location)
     except UnsupportedLogError as exc:
         return None, f"its log is read through Spark: {exc}"
+    if "v2Checkpoint" in snapshot.reader_features:  # its checkpoints may keep file actions in sidecars
+        return None, "its log is read through Spark: V2 checkpoints"
     coordinated = [f for f in (*snapshot.reader_features, *snapshot.writer_features) if f in _COORDINATED]
     if coordinated or any("coordinatedCommits" in key for key in snapshot.configuration):
         return None, f"its commits are coordinated ({coordinated or 'delta.coordinatedCommits'})"

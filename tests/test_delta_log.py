@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from jobs.delta_log import Snapshot, UnsupportedLogError, _checkpoint, read_snapshot
-from jobs.file_scan import _log_blockers, partition_uris, plan_file_scan
+from jobs.file_scan import _log_blockers, local_snapshot, partition_uris, plan_file_scan
 from tests.conftest import DATES
 from tests.helpers import job_config
 
@@ -134,3 +134,25 @@ def test_column_mapped_local_tables_are_read_through_spark(spark, tmp_path: Path
     # Copied elsewhere, the same table is still recognised (paths in its log are relative).
     shutil.copytree(path, tmp_path / "copy")
     assert _log_blockers(read_snapshot(str(tmp_path / "copy"))) == ["columnMapping"]
+
+
+def test_v2_checkpoint_tables_are_listed_through_spark(spark, tmp_path: Path) -> None:
+    path = str(tmp_path / "v2")
+    options = {"delta.checkpointPolicy": "v2", "delta.checkpointInterval": "1"}
+    _write(spark, path, DATES[0], 10, mode="overwrite", **options)
+    _write(spark, path, DATES[1], 10)
+    cfg = job_config(path, str(tmp_path / "out"))
+    snapshot, why = local_snapshot(cfg.input)
+    assert snapshot is None and "V2 checkpoint" in why
+    # Listed through Spark instead, the tasks still read the files themselves.
+    df = spark.read.format("delta").load(path).where(f"ds = '{DATES[1]}'")
+    scan, why = plan_file_scan(spark, df, cfg.input, DATES[1], ["key", "f0"])
+    assert scan is not None and _paths(scan.files) == _paths(df.inputFiles()), why
+    # The reader alone either refuses the log or reads exactly what Spark reads, never something else.
+    try:
+        direct = read_snapshot(path)
+    except UnsupportedLogError as exc:
+        assert "V2 checkpoint" in str(exc)
+    else:
+        table = spark.read.format("delta").load(path)
+        assert _paths(direct.uri(f) for f in direct.files) == _paths(table.inputFiles())
