@@ -137,21 +137,36 @@ def demo_dates(days: int, last: dt.date) -> list[str]:
 def write_demo_input(
     spark: SparkSession, path: str, rows_per_day: int, dates: Sequence[str], fresh: bool = False
 ) -> None:
-    """Write the synthetic transactions as a Delta table partitioned by ``ds`` (skipped if present)."""
-    from delta.tables import DeltaTable
-
-    if not fresh and DeltaTable.isDeltaTable(spark, path):
-        log.info("reusing input table %s", path)
-        return
-    frames = [
-        synthetic_transactions(rows_per_day, ds, seed=100 + i, first_id=i * rows_per_day)
-        for i, ds in enumerate(dates)
-    ]
+    """Write the synthetic transactions as a Delta table partitioned by ``ds``. An existing table is kept,
+    and only the partitions of ``dates`` it lacks are appended (the demo scores yesterday, so a table
+    written on an earlier day lacks the newest dates)."""
     import pandas as pd
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
 
+    first_id = 0
+    missing = list(dates)
+    if not fresh and DeltaTable.isDeltaTable(spark, path):
+        existing = spark.read.format("delta").load(path)
+        present = {row["ds"] for row in existing.select("ds").distinct().collect()}
+        missing = [ds for ds in dates if ds not in present]
+        if not missing:
+            log.info("reusing input table %s", path)
+            return
+        top = existing.agg(F.max("transaction_id")).collect()[0][0]
+        first_id = 0 if top is None else int(top) + 1
+        mode = "append"
+    else:
+        mode = "overwrite"
+    frames = [
+        synthetic_transactions(
+            rows_per_day, ds, seed=100 + dates.index(ds), first_id=first_id + k * rows_per_day
+        )
+        for k, ds in enumerate(missing)
+    ]
     df = spark.createDataFrame(pd.concat(frames, ignore_index=True))
-    df.write.format("delta").mode("overwrite").partitionBy("ds").save(path)
-    log.info("wrote %d rows over %d partitions to %s", rows_per_day * len(dates), len(dates), path)
+    df.write.format("delta").mode(mode).partitionBy("ds").save(path)
+    log.info("wrote %d rows over partitions %s to %s", rows_per_day * len(missing), missing, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

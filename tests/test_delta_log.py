@@ -156,3 +156,19 @@ def test_v2_checkpoint_tables_are_listed_through_spark(spark, tmp_path: Path) ->
     else:
         table = spark.read.format("delta").load(path)
         assert _paths(direct.uri(f) for f in direct.files) == _paths(table.inputFiles())
+
+
+def test_the_demo_input_gains_the_dates_it_lacks_and_is_otherwise_kept(spark, tmp_path: Path) -> None:
+    """`make demo` scores yesterday: rerun on a later day, it must add that partition to the table it made."""
+    from jobs.demo import write_demo_input
+
+    path = str(tmp_path / "transactions")
+    write_demo_input(spark, path, 50, DATES[:2])
+    write_demo_input(spark, path, 50, DATES)  # a day later: one more date
+    table = spark.read.format("delta").load(path)
+    counts = {r["ds"]: r["count"] for r in table.groupBy("ds").count().collect()}
+    assert counts == dict.fromkeys(DATES, 50)
+    assert table.select("transaction_id").distinct().count() == 150
+    version = read_snapshot(path).version
+    write_demo_input(spark, path, 50, DATES)  # nothing lacking: no new commit
+    assert read_snapshot(path).version == version == 1
