@@ -124,10 +124,9 @@ def _log_blockers(snapshot: Snapshot) -> list[str]:
     features = (*snapshot.reader_features, *snapshot.writer_features)
     blocking = [f for f in dict.fromkeys(features) if f in _BLOCKING_FEATURES]
     blocking += [f for f in snapshot.reader_features if f not in (*_READABLE_FEATURES, *blocking)]
-    if snapshot.min_reader_version == 2 or snapshot.configuration.get("delta.columnMapping.mode", "none") != (
-        "none"
-    ):
-        blocking += [] if "columnMapping" in blocking else ["columnMapping"]
+    mapping = snapshot.configuration.get("delta.columnMapping.mode", "none")
+    if (snapshot.min_reader_version == 2 or mapping != "none") and "columnMapping" not in blocking:
+        blocking.append("columnMapping")
     if any(f.deletion_vector for f in snapshot.files) and "deletionVectors" not in blocking:
         blocking.append("deletionVectors")
     return blocking
