@@ -114,8 +114,9 @@ def _checkpoint_actions(log: Path, part_names: list[str]) -> list[dict[str, Any]
     return actions
 
 
-def _partition_values(raw: Any) -> dict[str, str | None]:
-    # JSON commits hold a dict; pyarrow reads a checkpoint's map column as a list of (key, value) pairs.
+def _string_map(raw: Any) -> dict[str, Any]:
+    """A Delta string map (partition values, table configuration): JSON commits hold a dict, pyarrow reads
+    a checkpoint's map column as a list of (key, value) pairs."""
     return dict(raw) if isinstance(raw, dict) else dict(raw or [])
 
 
@@ -150,7 +151,7 @@ def read_snapshot(table_path: str) -> Snapshot:
             dv = add.get("deletionVector")
             files[(add["path"], _dv_id(dv))] = LiveFile(
                 add["path"],
-                _partition_values(add.get("partitionValues")),
+                _string_map(add.get("partitionValues")),
                 int(records.group(1)) if records else None,
                 int(add.get("size") or 0),
                 dv is not None,
@@ -171,7 +172,7 @@ def read_snapshot(table_path: str) -> Snapshot:
         reader_features=tuple(protocol.get("readerFeatures") or ()),
         writer_features=tuple(protocol.get("writerFeatures") or ()),
         partition_columns=tuple(metadata.get("partitionColumns") or ()),
-        configuration=_partition_values(metadata.get("configuration")),  # type: ignore[arg-type]
+        configuration=_string_map(metadata.get("configuration")),
         schema=json.loads(metadata.get("schemaString") or "{}"),
         files=tuple(files.values()),
     )

@@ -55,6 +55,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+def _joined(parts: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """One record batch of ``parts`` (a copy)."""
+    return pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
+
+
 def rebatch(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
     """Regroup record batches into batches of at most ``size`` rows, copying as few rows as possible.
 
@@ -74,7 +79,7 @@ def rebatch(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.RecordB
             batch = batch.slice(head.num_rows)
             if pending_rows < size:
                 continue
-            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+            yield _joined(pending)
             pending, pending_rows = [], 0
         whole = batch.num_rows - batch.num_rows % size
         for start in range(0, whole, size):
@@ -85,7 +90,7 @@ def rebatch(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.RecordB
         elif tail:
             pending, pending_rows = [batch.slice(whole)], tail
     if pending_rows:
-        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+        yield _joined(pending)
 
 
 _DONE = object()
