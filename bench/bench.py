@@ -294,13 +294,15 @@ def predict_batch_scores(
 
 def raw_torch(model: Any, rows: int, width: int, batch_size: int, sample_rows: int) -> tuple[float, int]:
     """Seconds for ``rows`` rows of in-memory float32 tensors, timed on ``sample_rows`` of them (best of
-    :data:`REPEATS`), with the malloc settings our workers use."""
+    :data:`REPEATS`), with the malloc settings and the forward function our workers use."""
     import numpy as np
     import torch
 
     from udfs.device import keep_heap_resident
+    from udfs.predictors import sequential_forward
 
     keep_heap_resident()
+    model = sequential_forward(model) or model
     torch.set_num_threads(os.cpu_count() or 1)
     sample = min(rows, sample_rows)
     x = torch.from_numpy(np.random.default_rng(0).random((sample, width), dtype=np.float32))
