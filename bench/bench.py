@@ -194,6 +194,9 @@ def ensure_embeddings(spark: Any, path: str, rows: int, dim: int, files: int) ->
 
 
 REPEATS = 3  # rounds over the paths (--repeat); each path reports its fastest round
+# Rounds for a scaling size smaller than the main input: a 1 M-row round lasts ~0.5 s, so one slow second of
+# this VM can spoil a whole round; five of them cost ~10 s with their warm-ups.
+SHORT_ROUNDS = 5
 
 
 class Results:
@@ -500,16 +503,17 @@ def interleaved(
     results: Results,
     runners: dict[str, Callable[[], Any]],
     warmups: dict[str, Callable[[], Any]] | None = None,
+    rounds: int | None = None,
 ) -> dict[str, list[Any]]:
-    """:data:`REPEATS` rounds, each running every path once in turn; a path's fastest round counts (its
-    first round also starts its workers and loads its model). Interleaving spreads this VM's slow minutes
-    over all paths instead of over whichever ran then. ``warmups`` run, untimed, before their path in every
-    round. Returns each path's outputs, round by round; our noop path's fastest round's worker metrics go
-    in its results as ``runtime``."""
+    """``rounds`` (:data:`REPEATS` by default) rounds, each running every path once in turn; a path's
+    fastest round counts (its first round also starts its workers and loads its model). Interleaving spreads
+    this VM's slow minutes over all paths instead of over whichever ran then. ``warmups`` run, untimed,
+    before their path in every round. Returns each path's outputs, round by round; our noop path's fastest
+    round's worker metrics go in its results as ``runtime``."""
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     peaks = dict.fromkeys(runners, 0.0)
     outputs: dict[str, list[Any]] = {name: [] for name in runners}
-    for _ in range(REPEATS):
+    for _ in range(rounds or REPEATS):
         for name, runner in runners.items():
             if warmups and name in warmups:
                 warmups[name]()
@@ -624,6 +628,7 @@ def scaling(spark: Any, args: Any, sizes: list[int], main: dict[str, Any]) -> li
             results,
             {name: ours_job(spark, cfg, model_uri, tracking)},
             {name: warm},
+            rounds=max(REPEATS, SHORT_ROUNDS) if size < args.rows else None,
         )
         r = results.paths[name]
         rows.append(
