@@ -387,10 +387,16 @@ def test_other_modules_run_as_they_are() -> None:
     hooked = mlp()
     hooked[0].register_forward_hook(lambda module, args, output: output * 2)
     training = mlp().train()
+    patched = mlp()
+    patched.forward = lambda x: x  # a forward replaced on the instance
+    patched_layer = mlp()
+    patched_layer[1].forward = lambda x: x
     for module in (
         Subclass(nn.Linear(8, 1)),  # its forward may differ
         hooked,
         training,  # dropout is live
+        patched,
+        patched_layer,
         nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8)),  # a layer outside the supported set
         linear(),  # not a Sequential
     ):

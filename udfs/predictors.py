@@ -74,8 +74,8 @@ def sequential_forward(module: Any) -> Any | None:
     import torch
     from torch import nn
 
-    if type(module) is not nn.Sequential or _hooked(module):
-        return None
+    if type(module) is not nn.Sequential or "forward" in vars(module) or _hooked(module):
+        return None  # another class, a forward replaced on the instance, or hooks: run the module
     # activation: (in place, out of place)
     activations = {
         nn.ReLU: (torch.relu_, torch.relu),
@@ -85,7 +85,7 @@ def sequential_forward(module: Any) -> Any | None:
     steps: list[tuple[str, Any, Any]] = []
     for child in module:
         kind = type(child)
-        if _hooked(child):
+        if "forward" in vars(child) or _hooked(child):
             return None
         if kind is nn.Linear:
             steps.append(("linear", child.weight, child.bias))
