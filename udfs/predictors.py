@@ -8,7 +8,9 @@ check can drive :class:`TorchPredictor` with a module built in code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,18 +56,20 @@ def _to_numpy(output: Any) -> ModelOutput:
     )
 
 
-def _hooked(module: Any) -> bool:
+def _customised(module: Any) -> bool:
+    """Whether ``module`` has forward hooks (its own or global) or a forward replaced on the instance."""
     import torch
 
-    hooks = (module._forward_hooks, module._forward_pre_hooks)
-    global_hooks = (
+    hooks = (
+        module._forward_hooks,
+        module._forward_pre_hooks,
         torch.nn.modules.module._global_forward_hooks,
         torch.nn.modules.module._global_forward_pre_hooks,
     )
-    return any(len(h) for h in (*hooks, *global_hooks))
+    return "forward" in vars(module) or any(len(h) for h in hooks)
 
 
-def sequential_forward(module: Any) -> Any | None:
+def sequential_forward(module: Any) -> Callable[[Any], Any] | None:
     """A forward function for a plain ``nn.Sequential`` of ``Linear``, ``ReLU``, ``Sigmoid``, ``Tanh``,
     ``Identity`` and eval-mode ``Dropout`` modules, without hooks or a forward replaced on an instance
     (checked here, once), that gives bitwise the module's outputs with less work: each activation
@@ -75,33 +79,32 @@ def sequential_forward(module: Any) -> Any | None:
     import torch
     from torch import nn
 
-    if type(module) is not nn.Sequential or "forward" in vars(module) or _hooked(module):
-        return None  # another class, a forward replaced on the instance, or hooks: run the module
+    if type(module) is not nn.Sequential or _customised(module):
+        return None
     # activation: (in place, out of place)
     activations = {
         nn.ReLU: (torch.relu_, torch.relu),
         nn.Sigmoid: (torch.sigmoid_, torch.sigmoid),
         nn.Tanh: (torch.tanh_, torch.tanh),
     }
-    steps: list[tuple[str, Any, Any]] = []
-    for child in module:
+    steps: list[Callable[[Any], Any]] = []
+    children: list[Any] = list(module)
+    for child in children:
         kind = type(child)
-        if "forward" in vars(child) or _hooked(child):
+        if _customised(child):
             return None
         if kind is nn.Linear:
-            steps.append(("linear", child.weight, child.bias))
+            steps.append(functools.partial(torch.nn.functional.linear, weight=child.weight, bias=child.bias))
         elif kind in activations:
-            steps.append(("activation", *activations[kind]))
+            in_place, out_of_place = activations[kind]
+            # Every step's output is a tensor made here, except the first step's input: the model's input.
+            steps.append(in_place if steps else out_of_place)
         elif not (kind is nn.Identity or (kind is nn.Dropout and not child.training)):
             return None
 
     def forward(x: Any) -> Any:
-        fresh = False  # whether x is a tensor this forward made (and may overwrite)
-        for step, first, second in steps:
-            if step == "linear":
-                x, fresh = torch.nn.functional.linear(x, first, second), True
-            else:
-                x, fresh = (first(x) if fresh else second(x)), True
+        for step in steps:
+            x = step(x)
         return x
 
     return forward
