@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import threading
@@ -84,6 +85,20 @@ class WorkerRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def cpu_model() -> dict[str, str]:
+    """The CPU's model name and widest vector unit: the tabular numbers move with both (the same 2-core
+    budget measured 0.69-0.85x of the JVM scan on an AVX2 AMD EPYC and more on an AVX-512 Xeon)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu": platform.processor() or "unknown", "vector_isa": "unknown"}
+    name = re.search(r"^model name\s*:\s*(.+)$", info, re.MULTILINE)
+    found = re.search(r"^flags\s*:\s*(.+)$", info, re.MULTILINE)
+    flags = set(found.group(1).split()) if found else set()
+    vector = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "other")
+    return {"cpu": name.group(1).strip() if name else "unknown", "vector_isa": vector}
 
 
 def features(n: int) -> list[str]:
@@ -194,8 +209,8 @@ def ensure_embeddings(spark: Any, path: str, rows: int, dim: int, files: int) ->
 
 
 REPEATS = 3  # rounds over the paths (--repeat); each path reports its fastest round
-# Rounds for a scaling size smaller than the main input: a 1 M-row round lasts ~0.5 s, so one slow second of
-# this VM can spoil a whole round; five of them cost ~10 s with their warm-ups.
+# Rounds of the scaling runs (every size, the main input's again, interleaved): a 1 M-row round lasts ~0.5 s,
+# so one slow second of this VM can spoil a whole round; five rounds cost ~40 s with their warm-ups.
 SHORT_ROUNDS = 5
 
 
@@ -204,20 +219,22 @@ class Results:
 
     def __init__(self, rows: int) -> None:
         self.rows = rows
+        self.path_rows: dict[str, int] = {}  # paths over another number of rows
         self.paths: dict[str, dict[str, Any]] = {}
 
     def record(
         self, name: str, seconds: float, rss: float, extra: dict[str, Any] | None = None, **more: Any
     ) -> None:
         extra = {**(extra or {}), **more}
+        rows = self.path_rows.get(name, self.rows)
         self.paths[name] = {
-            "rows_per_s": self.rows / seconds,
+            "rows_per_s": rows / seconds,
             "seconds": seconds,
             "peak_rss_mb": rss,
             **(extra or {}),
         }
         print(
-            f"  {name:<30} {self.rows / seconds:>12,.0f} rows/s  {seconds:7.1f} s  worker RSS {rss:7.0f} MB",
+            f"  {name:<30} {rows / seconds:>12,.0f} rows/s  {seconds:7.1f} s  worker RSS {rss:7.0f} MB",
             flush=True,
         )
 
@@ -369,6 +386,7 @@ def main() -> int:
     report: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
+            **cpu_model(),
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(),
             "platform": platform.platform(),
@@ -382,6 +400,8 @@ def main() -> int:
             "command": " ".join(sys.argv),
         },
     }
+    machine = report["machine"]
+    print(f"machine: {machine['cpu']} ({machine['vector_isa']}), {machine['cpus']} CPUs", flush=True)
     print(
         f"tabular workload: {args.rows:,} rows x {args.features} doubles, batch {args.batch_size}", flush=True
     )
@@ -389,7 +409,7 @@ def main() -> int:
     report["paths"] = tab.paths
     sizes = [int(n) for n in args.scaling_rows.split(",") if n.strip()]
     if sizes and "ours (noop sink)" in tab.paths:
-        report["scaling"] = scaling(spark, args, sizes, tab.paths["ours (noop sink)"])
+        report["scaling"] = scaling(spark, args, sizes)
     if args.emb_rows > 0:
         print(
             f"embeddings workload: {args.emb_rows:,} rows x {args.emb_dim} floats (array column), "
@@ -596,49 +616,40 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
     return results
 
 
-def scaling(spark: Any, args: Any, sizes: list[int], main: dict[str, Any]) -> list[dict[str, Any]]:
-    """Our noop path at other sizes (inputs with the main input's rows per file): end-to-end and in-worker
-    cost per row, and peak worker RSS."""
+def scaling(spark: Any, args: Any, sizes: list[int]) -> list[dict[str, Any]]:
+    """Our noop path at other sizes and at the main input's (inputs with the main input's rows per file):
+    end-to-end and in-worker cost per row, and peak worker RSS. The sizes run in the same interleaved rounds,
+    so the costs they compare come from the same minutes of this VM, not from runs minutes apart."""
     from jobs.home import batchscore_home, default_tracking_uri
 
     home = batchscore_home()
     tracking = default_tracking_uri(home)
     model_uri = ensure_model(tracking, args.features)
-    rows = [
-        {
-            "rows": args.rows,
-            "seconds": main["seconds"],
-            "peak_rss_mb": main["peak_rss_mb"],
-            "task_us_per_row": main["runtime"]["task_us_per_row"],
-        }
-    ]
-    warm = warmup(spark, args, model_uri, tracking)
-    for size in sizes:
-        if size == args.rows:
-            continue
+    results = Results(args.rows)
+    runners: dict[str, Callable[[], Any]] = {}
+    by_name: dict[str, int] = {}
+    for size in sorted({*sizes, args.rows}):
         # Same rows per file as the main input: a table grows by more files of the same size, and a file's
         # row-group size is what bounds a worker's memory (flat row groups up to 96 MiB are read whole).
         files = max(1, round(args.files * size / args.rows))
         input_path = str(home / "bench" / f"input_{size}")
         ensure_input(spark, input_path, size, files, args.features)
         cfg = job_config("tabular", model_uri, input_path, args.batch_size, args.prefetch)
-        results = Results(size)
         name = f"ours (noop sink) @ {size:,} rows"
-        interleaved(
-            results,
-            {name: ours_job(spark, cfg, model_uri, tracking)},
-            {name: warm},
-            rounds=max(REPEATS, SHORT_ROUNDS) if size < args.rows else None,
-        )
-        r = results.paths[name]
-        rows.append(
-            {
-                "rows": size,
-                "seconds": r["seconds"],
-                "peak_rss_mb": r["peak_rss_mb"],
-                "task_us_per_row": r["runtime"]["task_us_per_row"],
-            }
-        )
+        runners[name] = ours_job(spark, cfg, model_uri, tracking)
+        results.path_rows[name] = by_name[name] = size
+    warm = warmup(spark, args, model_uri, tracking)
+    interleaved(results, runners, dict.fromkeys(runners, warm), rounds=max(REPEATS, SHORT_ROUNDS))
+    rows = [
+        {
+            "rows": size,
+            "seconds": results.paths[name]["seconds"],
+            "peak_rss_mb": results.paths[name]["peak_rss_mb"],
+            "task_us_per_row": results.paths[name]["runtime"]["task_us_per_row"],
+            "all_seconds": results.paths[name]["all_seconds"],
+        }
+        for name, size in by_name.items()
+    ]
     rows.sort(key=lambda r: r["rows"])
     small, large = rows[0], rows[-1]
     # Two sizes give the job's fixed cost (planning, task launch) and the marginal cost of a row.
