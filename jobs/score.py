@@ -313,13 +313,19 @@ def transform_files(
         passthrough_columns=tuple(c for c in plan.passthrough_columns if c not in scan.constants),
     )
     scorer = make_file_scorer(ref, in_python, list(scan.file_columns), groups, stats)
-    scored = tasks.mapInArrow(scorer, _output_schema(df, in_python)).withColumns(
-        {name: F.lit(value).cast(df.schema[name].dataType) for name, value in scan.constants.items()}
-    )
+    scored = tasks.mapInArrow(scorer, _output_schema(df, in_python))
     ordered = [*plan.passthrough_columns, *(out.name for out in plan.outputs)]
     if plan.on_invalid == "quarantine":
         ordered += [REASON_COLUMN, RAW_COLUMN]
-    return with_lineage(scored.select(*ordered), lineage)
+    # One projection adds the constants and orders the columns (each DataFrame step is analysed in the JVM).
+    schema = df.schema
+    columns = [
+        F.lit(scan.constants[name]).cast(schema[name].dataType).alias(name)
+        if name in scan.constants
+        else F.col(name)
+        for name in ordered
+    ]
+    return with_lineage(scored.select(*columns), lineage)
 
 
 def score_input(
