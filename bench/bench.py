@@ -627,7 +627,6 @@ def scaling(spark: Any, args: Any, sizes: list[int]) -> list[dict[str, Any]]:
     model_uri = ensure_model(tracking, args.features)
     results = Results(args.rows)
     runners: dict[str, Callable[[], Any]] = {}
-    by_name: dict[str, int] = {}
     for size in sorted({*sizes, args.rows}):
         # Same rows per file as the main input: a table grows by more files of the same size, and a file's
         # row-group size is what bounds a worker's memory (flat row groups up to 96 MiB are read whole).
@@ -637,7 +636,7 @@ def scaling(spark: Any, args: Any, sizes: list[int]) -> list[dict[str, Any]]:
         cfg = job_config("tabular", model_uri, input_path, args.batch_size, args.prefetch)
         name = f"ours (noop sink) @ {size:,} rows"
         runners[name] = ours_job(spark, cfg, model_uri, tracking)
-        results.path_rows[name] = by_name[name] = size
+        results.path_rows[name] = size
     warm = warmup(spark, args, model_uri, tracking)
     interleaved(results, runners, dict.fromkeys(runners, warm), rounds=max(REPEATS, SHORT_ROUNDS))
     rows = [
@@ -648,7 +647,7 @@ def scaling(spark: Any, args: Any, sizes: list[int]) -> list[dict[str, Any]]:
             "task_us_per_row": results.paths[name]["runtime"]["task_us_per_row"],
             "all_seconds": results.paths[name]["all_seconds"],
         }
-        for name, size in by_name.items()
+        for name, size in results.path_rows.items()
     ]
     rows.sort(key=lambda r: r["rows"])
     small, large = rows[0], rows[-1]
