@@ -449,19 +449,19 @@ def ours_job(spark: Any, cfg: Any, model_uri: str, tracking: str) -> Callable[[]
     noop paths give it, keys and scores (the workers still send their quarantine columns; the JVM does not
     add the partition column); lineage and the partition column are part of the Delta-out comparison,
     where every path writes them."""
+    from jobs.file_scan import open_input
     from jobs.registry import resolve_model
     from jobs.score import build_plan, score_input, stats_accumulator
-    from jobs.tables import read_input
     from udfs.stats import summary_metrics
 
     resolved = resolve_model(model_uri, tracking)
-    plan = build_plan(resolved, cfg, read_input(spark, cfg.input, DS).columns)
+    plan = build_plan(resolved, cfg, open_input(spark, cfg.input, DS).columns)
 
     def once() -> dict[str, float]:
         stats = stats_accumulator(spark)
         scored = score_input(
             spark,
-            read_input(spark, cfg.input, DS),
+            open_input(spark, cfg.input, DS),
             cfg,
             DS,
             (resolved.ref, plan),

@@ -21,10 +21,11 @@ from urllib.parse import unquote, urlparse
 from jobs.delta_log import Snapshot, UnsupportedLogError, read_snapshot
 from jobs.errors import TableLocationError
 from jobs.home import resolve_location
-from jobs.tables import validate_table_name
+from jobs.tables import TableInput, frame_of, validate_table_name
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
     from jobs.config import InputSection
 
@@ -104,6 +105,40 @@ def local_snapshot(section: InputSection) -> tuple[Snapshot | None, str]:
     return snapshot, "read from its log"
 
 
+def _without_delta_metadata(node: Any) -> Any:
+    """A schema's JSON without Delta's own field metadata (``delta.generationExpression``,
+    ``delta.identity.*``, ``delta.invariants``…), which Spark's Delta reader leaves out of the schema."""
+    if isinstance(node, list):
+        return [_without_delta_metadata(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    cleaned = {key: _without_delta_metadata(value) for key, value in node.items()}
+    if "name" in node and isinstance(node.get("metadata"), dict):
+        cleaned["metadata"] = {k: v for k, v in node["metadata"].items() if not k.startswith("delta.")}
+    return cleaned
+
+
+def log_schema(snapshot: Snapshot) -> StructType:
+    """The table's schema as ``spark.read.format("delta").load(...)`` reports it, from its log."""
+    from pyspark.sql.types import StructType
+
+    return StructType.fromJson(_without_delta_metadata(snapshot.schema))
+
+
+def open_input(spark: SparkSession, section: InputSection, ds: str | None) -> TableInput:
+    """The job's input. A local Delta table whose files the tasks may read themselves gets its schema from
+    its log (no Spark analysis; its DataFrame is built only if something reads through Spark); any other
+    input is read through Spark at once, as :func:`jobs.tables.read_input` does."""
+    if section.read_mode != "dataframe":
+        try:
+            snapshot, _ = local_snapshot(section)
+        except TableLocationError:  # no table there: read_input names what was expected and found
+            snapshot = None
+        if snapshot is not None and not _log_blockers(snapshot):
+            return TableInput(spark, section, ds, schema=log_schema(snapshot), snapshot=snapshot)
+    return TableInput(spark, section, ds)
+
+
 def partition_uris(snapshot: Snapshot, column: str | None, ds: str | None) -> tuple[str, ...] | None:
     """The URIs of the files of partition ``column=ds`` (every file when ``ds`` is None); None when the
     partition column's values do not compare as ``YYYY-MM-DD`` strings (only string and date columns do)."""
@@ -134,7 +169,7 @@ def _log_blockers(snapshot: Snapshot) -> list[str]:
 
 def plan_file_scan(
     spark: SparkSession,
-    df: DataFrame,
+    df: DataFrame | TableInput,
     section: InputSection,
     ds: str | None,
     needed: Sequence[str],
@@ -148,7 +183,10 @@ def plan_file_scan(
         return None, "input.read_mode is dataframe"
     if section.format != "delta":
         return None, f"input format is {section.format}, not delta"
-    snapshot, _ = local_snapshot(section)
+    # The snapshot the input's schema came from, so that schema and files are of the same version.
+    snapshot = df.snapshot if isinstance(df, TableInput) and df.snapshot is not None else None
+    if snapshot is None:
+        snapshot, _ = local_snapshot(section)
     if snapshot is not None:
         blocking = _log_blockers(snapshot)
         partition_columns = list(snapshot.partition_columns)
@@ -170,7 +208,7 @@ def plan_file_scan(
         constants[column] = ds
     file_columns = tuple(c for c in needed if c not in partition_columns)
     if listed is None:
-        listed = tuple(df.inputFiles() if files is None else files)
+        listed = tuple(frame_of(df).inputFiles() if files is None else files)
     if sizes and all(_file_key(f) in sizes for f in listed):
         bytes_estimate = sum(sizes[_file_key(f)] for f in listed)
     else:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from jobs.config import ScoringJobConfig
     from jobs.registry import ResolvedModel
+    from jobs.tables import TableInput
     from udfs.spec import ScoringPlan
 
 _NUMERIC_SPECS = {"double", "float", "long", "integer"}
@@ -64,7 +65,7 @@ def _type_problem(expected: str, kind: DataType) -> str | None:
 
 
 def schema_problems(
-    df: DataFrame, resolved: ResolvedModel, plan: ScoringPlan, cfg: ScoringJobConfig
+    df: DataFrame | TableInput, resolved: ResolvedModel, plan: ScoringPlan, cfg: ScoringJobConfig
 ) -> list[str]:
     """One line per offending column; empty when the input fits the model and the job."""
     schema = {f.name: f.dataType for f in df.schema.fields}
@@ -106,7 +107,7 @@ def schema_problems(
 
 
 def _width_problems(
-    df: DataFrame, features: Sequence[str], schema: dict[str, DataType], width: int | None
+    df: DataFrame | TableInput, features: Sequence[str], schema: dict[str, DataType], width: int | None
 ) -> list[str]:
     """Values per row against a tensor signature's row size: from the schema for scalar columns, from the
     first row for one array column (rows that differ later are quarantined one by one)."""
@@ -122,7 +123,9 @@ def _width_problems(
             return [f"{columns}: the model expects {width} values per row, found {len(features)} columns"]
         return []
     if len(arrays) == 1 and len(features) == 1:
-        first = df.select(F.size(F.col(arrays[0])).alias("n")).where("n >= 0").limit(1).collect()
+        from jobs.tables import frame_of
+
+        first = frame_of(df).select(F.size(F.col(arrays[0])).alias("n")).where("n >= 0").limit(1).collect()
         if first and first[0]["n"] != width:
             found = first[0]["n"]
             return [f"{arrays[0]}: expected arrays of {width} values, found {found} in the first row"]
@@ -130,7 +133,7 @@ def _width_problems(
 
 
 def check_input_schema(
-    df: DataFrame, resolved: ResolvedModel, plan: ScoringPlan, cfg: ScoringJobConfig
+    df: DataFrame | TableInput, resolved: ResolvedModel, plan: ScoringPlan, cfg: ScoringJobConfig
 ) -> None:
     """Raise one :class:`SchemaMismatchError` listing every offending column, before anything is scored."""
     problems = schema_problems(df, resolved, plan, cfg)

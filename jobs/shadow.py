@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from jobs.compare import METRIC_COLUMNS, Comparison, compare
 from jobs.config import ScoringJobConfig
 from jobs.errors import TableLocationError
+from jobs.file_scan import open_input
 from jobs.home import batchscore_home, resolve_location
 from jobs.registry import resolve_model
 from jobs.report import write_markdown, write_plots
@@ -44,7 +45,7 @@ from jobs.score import (
     with_lineage,
     write_quarantine,
 )
-from jobs.tables import read_input, validate_ds, write_idempotent
+from jobs.tables import validate_ds, write_idempotent
 from jobs.tracking import job_run, tracking_target
 from udfs.stats import summary_metrics
 from udfs.validation import RAW_COLUMN, REASON_COLUMN
@@ -137,7 +138,7 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sh
     challenger = resolve_model(shadow.challenger_uri, target.tracking_uri, target.registry_uri)
     log.info("champion %s -> %s; challenger %s -> %s", cfg.model.uri, champion.ref.load_uri,
              shadow.challenger_uri, challenger.ref.load_uri)  # fmt: skip
-    df = read_input(spark, cfg.input, ds)
+    df = open_input(spark, cfg.input, ds)
     label = [shadow.label_column] if shadow.label_column else []
     plan, first, second = pair_plan(
         champion, challenger, cfg, cfg.shadow.challenger_uri, df.columns, extra=label

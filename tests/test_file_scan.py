@@ -123,3 +123,40 @@ def test_only_flat_row_groups_within_the_bound_are_read_whole(tmp_path: Path) ->
     batches = list(read_files(iter([path.as_uri()]), ["key", "emb"], rows_per_batch=8))
     table = pa.Table.from_batches(batches)
     assert table["key"].to_pylist() == list(range(50)) and table["emb"].to_pylist() == data["emb"].to_pylist()
+
+
+def test_input_schema_comes_from_the_log_as_spark_reads_it(spark, tmp_path: Path) -> None:
+    """A local Delta input's schema is read from its log, without Spark analysing the table, and equals the
+    schema Spark reports: comments and NOT NULL kept, Delta's own field metadata (generation expressions,
+    identity columns) left out, nested and decimal types, partition column in place."""
+    from jobs.errors import TableLocationError
+    from jobs.file_scan import open_input
+
+    path = str(tmp_path / "typed")
+    spark.sql(
+        f"""CREATE TABLE delta.`{path}` (
+            key BIGINT NOT NULL COMMENT 'the entity', id BIGINT GENERATED ALWAYS AS IDENTITY,
+            f ARRAY<FLOAT>, s STRUCT<a: INT, b: STRING>, ts TIMESTAMP, d DECIMAL(10,2), code VARCHAR(8),
+            g BIGINT GENERATED ALWAYS AS (key * 2), ds STRING NOT NULL) USING delta PARTITIONED BY (ds)"""
+    )
+    spark.sql(
+        f"INSERT INTO delta.`{path}` (key, f, s, ts, d, code, ds) VALUES "
+        "(1, array(1.0), named_struct('a', 1, 'b', 'x'), current_timestamp(), 1.5, 'ab', '2026-01-01')"
+    )
+    cfg = job_config(path, "unused")
+    table = open_input(spark, cfg.input, "2026-01-01")
+    assert table.snapshot is not None and table._frame is None  # no DataFrame was built
+    assert table.schema == spark.read.format("delta").load(path).schema
+    assert table.frame.count() == 1  # built on first use, filtered to the partition
+    assert open_input(spark, cfg.input, "2026-01-02").frame.count() == 0
+    with pytest.raises(TableLocationError, match=r"expected --ds as YYYY-MM-DD, found '2026-1-1'"):
+        open_input(spark, cfg.input, "2026-1-1")
+    unpartitioned = cfg.input.model_copy(update={"partition_column": "day"})
+    with pytest.raises(SchemaMismatchError, match=r"expected partition column 'day', found \['key', 'id'"):
+        open_input(spark, unpartitioned, "2026-01-01")
+    missing = cfg.input.model_copy(update={"path": str(tmp_path / "nothing")})
+    with pytest.raises(TableLocationError, match=r"expected an existing delta table, found none"):
+        open_input(spark, missing, "2026-01-01")
+    # read_mode dataframe never replays the log: the input is read through Spark at once.
+    through_spark = open_input(spark, cfg.input.model_copy(update={"read_mode": "dataframe"}), "2026-01-01")
+    assert through_spark.snapshot is None and through_spark._frame is not None

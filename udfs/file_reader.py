@@ -44,7 +44,8 @@ WHOLE_ROW_GROUP_BYTES = 96 << 20
 def _read_whole(row_group: Any, columns: list[str]) -> bool:
     chunks = [row_group.column(i) for i in range(row_group.num_columns)]
     needed = [c for c in chunks if c.path_in_schema in columns]  # a nested column's leaves are "a.list.x"
-    nested = any(c.path_in_schema.startswith(f"{name}.") for c in chunks for name in columns)
+    prefixes = tuple(f"{name}." for name in columns)
+    nested = any(c.path_in_schema.startswith(prefixes) for c in chunks)
     return not nested and sum(c.total_uncompressed_size for c in needed) <= WHOLE_ROW_GROUP_BYTES
 
 
