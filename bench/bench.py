@@ -616,10 +616,28 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
     return results
 
 
+def passthrough(batches: Iterator[Any]) -> Iterator[Any]:
+    yield from batches
+
+
+def spark_floor(spark: Any) -> Callable[[], None]:
+    """The emptiest job of our path's shape: one task per core, a Python ``mapInArrow`` that does nothing,
+    a noop sink. Its time is what Spark takes per job before any row is read: planning, scheduling, task
+    launch, the Python worker's handoff."""
+    parallelism = spark.sparkContext.defaultParallelism
+
+    def once() -> None:
+        tasks = spark.range(0, parallelism, 1, numPartitions=parallelism)
+        noop(tasks.mapInArrow(passthrough, "id long"))
+
+    return once
+
+
 def scaling(spark: Any, args: Any, sizes: list[int]) -> list[dict[str, Any]]:
     """Our noop path at other sizes and at the main input's (inputs with the main input's rows per file):
-    end-to-end and in-worker cost per row, and peak worker RSS. The sizes run in the same interleaved rounds,
-    so the costs they compare come from the same minutes of this VM, not from runs minutes apart."""
+    end-to-end and in-worker cost per row, and peak worker RSS; beside it the JVM scan at the same sizes and
+    the floor of a Spark job that reads nothing (:func:`spark_floor`), which a small job pays in full. All
+    run in the same interleaved rounds, so the costs they compare come from the same minutes of this VM."""
     from jobs.home import batchscore_home, default_tracking_uri
 
     home = batchscore_home()
@@ -627,6 +645,9 @@ def scaling(spark: Any, args: Any, sizes: list[int]) -> list[dict[str, Any]]:
     model_uri = ensure_model(tracking, args.features)
     results = Results(args.rows)
     runners: dict[str, Callable[[], Any]] = {}
+    warm = warmup(spark, args, model_uri, tracking)
+    warmups: dict[str, Callable[[], Any]] = {}
+    expression = " + ".join(features(args.features))
     for size in sorted({*sizes, args.rows}):
         # Same rows per file as the main input: a table grows by more files of the same size, and a file's
         # row-group size is what bounds a worker's memory (flat row groups up to 96 MiB are read whole).
@@ -636,36 +657,60 @@ def scaling(spark: Any, args: Any, sizes: list[int]) -> list[dict[str, Any]]:
         cfg = job_config("tabular", model_uri, input_path, args.batch_size, args.prefetch)
         name = f"ours (noop sink) @ {size:,} rows"
         runners[name] = ours_job(spark, cfg, model_uri, tracking)
+        warmups[name] = warm
         results.path_rows[name] = size
-    warm = warmup(spark, args, model_uri, tracking)
-    interleaved(results, runners, dict.fromkeys(runners, warm), rounds=max(REPEATS, SHORT_ROUNDS))
-    rows = [
-        {
-            "rows": size,
-            "seconds": results.paths[name]["seconds"],
-            "peak_rss_mb": results.paths[name]["peak_rss_mb"],
-            "task_us_per_row": results.paths[name]["runtime"]["task_us_per_row"],
-            "all_seconds": results.paths[name]["all_seconds"],
-        }
-        for name, size in results.path_rows.items()
-    ]
+        df = spark.read.format("delta").load(input_path).where(f"ds = '{DS}'")
+        jvm = f"JVM scan @ {size:,} rows"
+        runners[jvm] = lambda df=df: noop(df.selectExpr("key", f"{expression} AS s"))
+        results.path_rows[jvm] = size
+    runners["Spark job floor (empty mapInArrow)"] = spark_floor(spark)
+    results.path_rows["Spark job floor (empty mapInArrow)"] = 0
+    interleaved(results, runners, warmups, rounds=max(REPEATS, SHORT_ROUNDS))
+    floor = results.paths.pop("Spark job floor (empty mapInArrow)")["seconds"]
+    rows = []
+    for name, size in results.path_rows.items():
+        if not name.startswith("ours"):
+            continue
+        ours, jvm = results.paths[name], results.paths[f"JVM scan @ {size:,} rows"]
+        rows.append(
+            {
+                "rows": size,
+                "seconds": ours["seconds"],
+                "us_per_row": ours["seconds"] * 1e6 / size,
+                "us_per_row_after_floor": (ours["seconds"] - floor) * 1e6 / size,
+                "task_us_per_row": ours["runtime"]["task_us_per_row"],
+                "peak_rss_mb": ours["peak_rss_mb"],
+                "all_seconds": ours["all_seconds"],
+                "jvm_seconds": jvm["seconds"],
+                "jvm_us_per_row": jvm["seconds"] * 1e6 / size,
+                "spark_floor_s": floor,
+            }
+        )
     rows.sort(key=lambda r: r["rows"])
     small, large = rows[0], rows[-1]
     # Two sizes give the job's fixed cost (planning, task launch) and the marginal cost of a row.
     marginal = (large["seconds"] - small["seconds"]) / max(large["rows"] - small["rows"], 1)
     fixed = small["seconds"] - marginal * small["rows"]
-    print("| rows | seconds | end-to-end us/row | in-worker us/row (per core) | peak worker RSS MB |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        r["us_per_row"] = r["seconds"] * 1e6 / r["rows"]
-        print(
-            f"| {r['rows']:,} | {r['seconds']:.2f} | {r['us_per_row']:.3f} | {r['task_us_per_row']:.3f} "
-            f"| {r['peak_rss_mb']:.0f} |"
-        )
-    ratio = small["task_us_per_row"] / large["task_us_per_row"]
     print(
-        f"fixed cost per job {fixed:.2f} s, marginal {marginal * 1e6:.3f} us/row; in-worker cost per row "
-        f"{ratio:.2f}x from {small['rows']:,} to {large['rows']:,} rows\n",
+        "| rows | seconds | end-to-end us/row | us/row less Spark's floor | in-worker us/row (per core) "
+        "| peak worker RSS MB | JVM scan us/row |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['rows']:,} | {r['seconds']:.2f} | {r['us_per_row']:.3f} "
+            f"| {r['us_per_row_after_floor']:.3f} | {r['task_us_per_row']:.3f} | {r['peak_rss_mb']:.0f} "
+            f"| {r['jvm_us_per_row']:.3f} |"
+        )
+
+    def ratio(key: str) -> float:
+        return float(small[key] / large[key])
+
+    print(
+        f"cost per row {small['rows']:,} vs {large['rows']:,} rows: end to end {ratio('us_per_row'):.2f}x, "
+        f"less Spark's job floor ({floor * 1e3:.0f} ms) {ratio('us_per_row_after_floor'):.2f}x, in workers "
+        f"{ratio('task_us_per_row'):.2f}x; the JVM scan {ratio('jvm_us_per_row'):.2f}x. Our fixed cost per "
+        f"job {fixed:.2f} s, marginal {marginal * 1e6:.3f} us/row\n",
         flush=True,
     )
     return rows
