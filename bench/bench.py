@@ -316,18 +316,22 @@ def predict_batch_scores(
 RAW_TORCH = "raw torch (compute ceiling)"
 
 
-def raw_torch(model: Any, width: int, batch_size: int, rows: int) -> Callable[[], None]:
-    """One pass of ``model`` over ``rows`` rows of in-memory float32 tensors in batches of
-    ``batch_size``, with as many torch threads as CPUs and the malloc settings and forward function our
-    workers use. A runner of the interleaved rounds, so the compute ceiling is timed in the same minutes of
-    this VM as the paths it bounds (timed after them, a 2-thread loop measured 2.7-3.4 M rows/s in the
-    bench against 5.3-6.0 M alone minutes later)."""
+def raw_torch(
+    results: Results, model: Any, width: int, batch_size: int, sample_rows: int
+) -> Callable[[], None]:
+    """One pass of ``model`` over up to ``sample_rows`` of the workload's rows as in-memory float32
+    tensors in batches of ``batch_size`` (registered in ``results.path_rows``, so its rows/s is per row
+    scored), with as many torch threads as CPUs and the malloc settings and forward function our workers
+    use. A runner of the interleaved rounds, so the compute ceiling is timed in the same minutes of this VM
+    as the paths it bounds (timed after them, a 2-thread loop measured 2.7-3.4 M rows/s in the bench
+    against 5.3-6.0 M alone minutes later)."""
     import numpy as np
     import torch
 
     from udfs.device import keep_heap_resident
     from udfs.predictors import sequential_forward
 
+    rows = results.path_rows[RAW_TORCH] = min(results.rows, sample_rows)
     keep_heap_resident()
     forward = sequential_forward(model) or model
     torch.set_num_threads(os.cpu_count() or 1)
@@ -608,9 +612,9 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
         expression = " + ".join(cols)
         runners["JVM scan (I/O ceiling)"] = lambda: noop(df.selectExpr("key", f"{expression} AS s"))
     if "torch" in paths:
-        sample = min(args.rows, 4_000_000)
-        results.path_rows[RAW_TORCH] = sample
-        runners[RAW_TORCH] = raw_torch(build_mlp(args.features), args.features, args.batch_size, sample)
+        runners[RAW_TORCH] = raw_torch(
+            results, build_mlp(args.features), args.features, args.batch_size, 4_000_000
+        )
     outputs = interleaved(results, runners, warmups)
     if "ours (noop sink)" in outputs:
         print_worker_stages(results.paths["ours (noop sink)"]["runtime"])
@@ -767,7 +771,6 @@ def embeddings(spark: Any, args: Any) -> Results:
     cfg = job_config("embeddings", model_uri, input_path, batch, args.prefetch, feature_columns=["embedding"])
     df = spark.read.format("delta").load(input_path).where(f"ds = '{DS}'")
     results = Results(rows)
-    results.path_rows[RAW_TORCH] = min(rows, 50_000)
     interleaved(
         results,
         {
@@ -778,7 +781,7 @@ def embeddings(spark: Any, args: Any) -> Results:
             "predict_batch_udf (noop sink)": lambda: noop(
                 predict_batch_scores(df, model_uri, tracking, F.col("embedding"), width=dim, batch_size=batch)
             ),
-            RAW_TORCH: raw_torch(build_heavy_mlp(dim), dim, batch, results.path_rows[RAW_TORCH]),
+            RAW_TORCH: raw_torch(results, build_heavy_mlp(dim), dim, batch, 50_000),
         },
     )
     results.table("ours (noop sink)")
