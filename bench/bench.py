@@ -99,7 +99,16 @@ def cpu_model() -> dict[str, str]:
     found = re.search(r"^flags\s*:\s*(.+)$", info, re.MULTILINE)
     flags = set(found.group(1).split()) if found else set()
     vector = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "other")
-    return {"cpu": name.group(1).strip() if name else "unknown", "vector_isa": vector}
+    # A VM may name only "AMD EPYC": the family tells the generations apart (25: Zen 3/4, 26: Zen 5).
+    family = re.search(r"^cpu family\s*:\s*(\d+)$", info, re.MULTILINE)
+    model = re.search(r"^model\s*:\s*(\d+)$", info, re.MULTILINE)
+    return {
+        "cpu": name.group(1).strip() if name else "unknown",
+        "cpu_family": family.group(1) if family else "unknown",
+        "cpu_model": model.group(1) if model else "unknown",
+        "vector_isa": vector,
+        "avx512": " ".join(sorted(f for f in flags if f.startswith("avx512"))),
+    }
 
 
 def features(n: int) -> list[str]:
@@ -210,6 +219,7 @@ def ensure_embeddings(spark: Any, path: str, rows: int, dim: int, files: int) ->
 
 
 REPEATS = 3  # rounds over the paths (--repeat); each path reports its fastest round
+CPU_KERNELS = "onednn"  # model.cpu_kernels for our path and the raw-torch ceiling (--cpu-kernels)
 # Rounds of the scaling runs (every size, the main input's again, interleaved): a 1 M-row round lasts ~0.5 s,
 # so one slow second of this VM can spoil a whole round; five rounds cost ~40 s with their warm-ups.
 SHORT_ROUNDS = 5
@@ -329,11 +339,11 @@ def raw_torch(
     import torch
 
     from udfs.device import keep_heap_resident
-    from udfs.predictors import sequential_forward
+    from udfs.predictors import cpu_forward
 
     rows = results.path_rows[RAW_TORCH] = min(results.rows, sample_rows)
     keep_heap_resident()
-    forward = sequential_forward(model) or model
+    forward, _ = cpu_forward(model, CPU_KERNELS, batch_size)  # rows are row-major here either way
     torch.set_num_threads(os.cpu_count() or 1)
     x = torch.from_numpy(np.random.default_rng(0).random((rows, width), dtype=np.float32))
 
@@ -348,7 +358,7 @@ def raw_torch(
 
 
 def main() -> int:
-    global REPEATS
+    global REPEATS, CPU_KERNELS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument(
@@ -363,6 +373,12 @@ def main() -> int:
         help="rows per model call, every path (predict_batch_udf measured the same at 2048 and 8192)",
     )
     parser.add_argument("--prefetch", type=int, default=2, help="model.prefetch for our path")
+    parser.add_argument(
+        "--cpu-kernels",
+        choices=("onednn", "torch"),
+        default="onednn",
+        help="model.cpu_kernels for our path and the raw-torch ceiling",
+    )
     parser.add_argument("--repeat", type=int, default=REPEATS, help="rounds; fastest counts")
     parser.add_argument("--paths", default=",".join(TABULAR_PATHS), help="tabular paths to run")
     parser.add_argument(
@@ -375,6 +391,7 @@ def main() -> int:
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
     args = parser.parse_args()
     REPEATS = max(1, args.repeat)
+    CPU_KERNELS = args.cpu_kernels
     if args.quick:
         args.rows, args.scaling_rows, args.emb_rows = 1_000_000, "", min(args.emb_rows, 50_000)
     paths = args.paths.split(",")
@@ -406,12 +423,17 @@ def main() -> int:
             "files": args.files,
             "features": args.features,
             "batch_size": args.batch_size,
+            "cpu_kernels": args.cpu_kernels,
             "model": f"MLP {args.features}-128-64-1",
             "command": " ".join(sys.argv),
         },
     }
     machine = report["machine"]
-    print(f"machine: {machine['cpu']} ({machine['vector_isa']}), {machine['cpus']} CPUs", flush=True)
+    print(
+        f"machine: {machine['cpu']} (family {machine.get('cpu_family')}, {machine['vector_isa']}),"
+        f" {machine['cpus']} CPUs",
+        flush=True,
+    )
     print(
         f"tabular workload: {args.rows:,} rows x {args.features} doubles, batch {args.batch_size}", flush=True
     )
@@ -514,6 +536,7 @@ def job_config(
                 "batch_size": batch_size,
                 "prediction_column": "score",
                 "prefetch": prefetch,
+                "cpu_kernels": CPU_KERNELS,
             },
             "input": {"path": input_path, **more},
             "output": {"path": str(batchscore_home() / "bench" / f"out_{name}"), "key_columns": ["key"]},

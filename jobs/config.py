@@ -35,6 +35,11 @@ class ModelSection(StrictModel):
     device: str = Field("auto", description="auto (task GPU, else CPU), cpu, cuda or cuda:N")
     autocast: Literal["bf16", "fp16"] | None = Field(None, description="torch.autocast dtype for the model")
     prefetch: int = Field(2, ge=0, description="Arrow batches decoded ahead of the model (0: none)")
+    cpu_kernels: Literal["onednn", "torch"] = Field(
+        "onednn",
+        description="plain float32 MLPs on CPU: onednn (fused, prepacked; float32 rounding of the module's "
+        "outputs) or torch (the module's own ops, bitwise its outputs)",
+    )
 
     @field_validator("device")
     @classmethod

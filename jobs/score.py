@@ -150,6 +150,7 @@ def build_plan(
         input_names=signature_input_names(resolved),
         row_shape=signature_row_shape(resolved),
         autocast=cfg.model.autocast,
+        cpu_kernels=cfg.model.cpu_kernels,
         prefetch=cfg.model.prefetch,
         on_invalid=cfg.quality.on_invalid,
         raw_columns=_unique([*cfg.output.key_columns, *features]),

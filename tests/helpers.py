@@ -35,7 +35,9 @@ def reference_scores(model_uri: str, frame: pd.DataFrame) -> np.ndarray:
     return np.asarray(predicted, dtype=np.float64).reshape(len(frame), -1)
 
 
-def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-6, atol: float = 1e-12) -> None:
+def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-5, atol: float = 1e-12) -> None:
+    """Equal to float32 rounding. Our CPU kernels (oneDNN) add up in another order than the module's own ops:
+    a last-bit difference in a logit of -8.7 is ~1e-6 relative after the sigmoid (seen: 1.03e-6)."""
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 

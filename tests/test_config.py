@@ -124,6 +124,10 @@ def test_device_and_autocast_are_checked(tmp_path: Path) -> None:
         load_job_config(write(tmp_path, VALID), ["model.device=gpu0"])
     with pytest.raises(ConfigError, match=r"model\.autocast"):
         load_job_config(write(tmp_path, VALID), ["model.autocast=fp8"])
+    assert load_job_config(write(tmp_path, VALID)).model.cpu_kernels == "onednn"
+    assert load_job_config(write(tmp_path, VALID), ["model.cpu_kernels=torch"]).model.cpu_kernels == "torch"
+    with pytest.raises(ConfigError, match=r"model\.cpu_kernels: .*'onednn' or 'torch'"):
+        load_job_config(write(tmp_path, VALID), ["model.cpu_kernels=mkl"])
 
 
 def test_gpu_profile_points_at_the_shipped_discovery_script() -> None:

@@ -11,7 +11,7 @@ import torch
 
 from udfs.arrow_tensor import features_to_numpy
 from udfs.device import DeviceChoice, TaskResources, choose_device
-from udfs.predictors import TorchPredictor, sequential_forward
+from udfs.predictors import TorchPredictor, cpu_forward, onednn_forward, sequential_forward
 from udfs.runtime import ModelOutOfMemoryError, ScoringLoop, prefetch, rebatch
 from udfs.spec import OutputField, ScoringPlan, arrow_batch_rows
 from udfs.stats import empty_stats, latency_percentile_ms, merge, summary_metrics
@@ -211,6 +211,8 @@ def test_vector_and_struct_inputs_are_stacked_without_pandas() -> None:
     # One contiguous buffer, laid out feature by feature (column-major).
     assert stacked.dtype == np.float32 and stacked.flags["F_CONTIGUOUS"]
     assert stacked.tolist() == [[9, 1, 2, 3, 1, 2, 7, 0.5], [10, 4, 5, 6, 3, 4, 8, 1.5]]
+    rows = features_to_numpy(batch, ["n", "emb", "fx", "pt"], row_major=True)
+    assert rows.dtype == np.float32 and rows.flags["C_CONTIGUOUS"] and np.array_equal(rows, stacked)
     images = pa.array([list(range(12)), list(range(12, 24))], type=pa.list_(pa.float32()))
     image_batch = pa.RecordBatch.from_arrays([images], names=["img"])
     assert features_to_numpy(image_batch, ["img"], (3, 2, 2)).shape == (2, 3, 2, 2)
@@ -374,8 +376,51 @@ def test_a_plain_mlp_runs_its_layers_directly_with_bitwise_the_same_outputs(lead
     with torch.inference_mode():
         assert torch.equal(forward(x), module(x))
     assert torch.equal(x, before), "a leading activation must not overwrite the model's input"
-    predictor = TorchPredictor(module, "cpu", tuple(f"f{i}" for i in range(8)))
-    assert predictor.forward is not module
+    predictor = TorchPredictor(module, "cpu", tuple(f"f{i}" for i in range(8)), cpu_kernels="torch")
+    assert predictor.forward is not module and not predictor.row_major
+    forward, row_major = cpu_forward(module, "torch", 64)
+    with torch.inference_mode():
+        assert torch.equal(forward(x), module(x)) and not row_major
+
+
+@pytest.mark.parametrize("leading", [(), (torch.nn.ReLU(),), (torch.nn.Sigmoid(), torch.nn.Tanh())])
+def test_onednn_kernels_match_the_module_to_float32_rounding(leading) -> None:
+    module = mlp(*leading)
+    forward, row_major = cpu_forward(module, "onednn", 256)
+    assert row_major and forward is not module, "torch's CPU build has oneDNN: the fused path must apply"
+    x = torch.randn(1000, 8)
+    before = x.clone()
+    with torch.inference_mode():
+        expected = module(x)
+        found = forward(x)
+        # Batches of other sizes than the packing hint (the tail of a file) give the same function.
+        tail = forward(x[:7])
+    torch.testing.assert_close(found, expected, **F32)
+    torch.testing.assert_close(tail, expected[:7], **F32)
+    assert torch.equal(x, before), "a leading activation must not overwrite the model's input"
+    predictor = TorchPredictor(module, "cpu", tuple(f"f{i}" for i in range(8)), batch_size=256)
+    assert predictor.row_major, "the default cpu_kernels is onednn"
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(np.arange(i, i + 5, dtype=np.float64)) for i in range(8)], names=[f"f{i}" for i in range(8)]
+    )
+    decoded = predictor.decode_if_valid(batch).numpy()
+    assert decoded.flags["C_CONTIGUOUS"], "oneDNN reads rows: the batch is decoded row-major"
+    assert decoded.tolist() == [[float(i + r) for i in range(8)] for r in range(5)]
+
+
+def test_onednn_kernels_decline_what_they_cannot_run() -> None:
+    assert onednn_forward(mlp().double(), 64) is None, "float64 weights: the module's own ops run"
+    assert onednn_forward(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)), 64) is None
+    assert onednn_forward(torch.nn.Sequential(torch.nn.ReLU()), 64) is None, "no linear layer"
+    double = mlp().double()
+    forward, row_major = cpu_forward(double, "onednn", 64)
+    x = torch.randn(10, 8, dtype=torch.float64)
+    with torch.inference_mode():
+        assert torch.equal(forward(x), double(x)) and not row_major
+    with pytest.raises(ValueError, match=r"expected model\.cpu_kernels onednn or torch, found 'mkl'"):
+        cpu_forward(mlp(), "mkl", 64)
+    # With autocast the module's own ops run, so that autocast picks their dtypes.
+    assert not TorchPredictor(mlp(), "cpu", ("a",), autocast="bf16").row_major
 
 
 def test_other_modules_run_as_they_are() -> None:

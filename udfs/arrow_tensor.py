@@ -50,18 +50,25 @@ def _column_blocks(column: pa.Array, name: str) -> list[npt.NDArray[Any]]:
 
 
 def features_to_numpy(
-    batch: pa.RecordBatch, columns: Sequence[str], row_shape: Sequence[int] = ()
+    batch: pa.RecordBatch, columns: Sequence[str], row_shape: Sequence[int] = (), *, row_major: bool = False
 ) -> npt.NDArray[np.float32]:
     """The batch's feature columns as one contiguous float32 buffer, shaped ``(rows, features)``.
 
     Numeric columns fill a preallocated buffer column by column (one cast, no intermediate frame); the
-    buffer is column-major (``F_CONTIGUOUS``). One array column (an embedding, an image) is reshaped in
-    place to ``(rows, *row_shape)``, e.g. ``(rows, 3, 64, 64)``; several are laid side by side.
+    buffer is column-major (``F_CONTIGUOUS``), or row-major with ``row_major`` (for kernels that read rows:
+    strided writes, ~0.02 us/row more for 32 doubles). One array column (an embedding, an image) is
+    reshaped in place to ``(rows, *row_shape)``, e.g. ``(rows, 3, 64, 64)``; several are laid side by side.
     """
     blocks = [block for name in columns for block in _column_blocks(batch.column(name), name)]
     rows = batch.num_rows
     if len(blocks) == 1:
         out = np.ascontiguousarray(blocks[0], dtype=np.float32)
+    elif row_major:
+        out = np.empty((rows, sum(b.shape[1] for b in blocks)), dtype=np.float32)
+        offset = 0
+        for block in blocks:
+            out[:, offset : offset + block.shape[1]] = block
+            offset += block.shape[1]
     else:
         # Filled feature by feature into one column-major buffer: each Arrow column is one sequential
         # write (10x faster than strided writes into a row-major array). The (rows, features) result is a

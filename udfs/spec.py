@@ -80,6 +80,7 @@ class ScoringPlan:
     input_names: tuple[str, ...] = field(default=())  # column names a pyfunc model expects, in order
     row_shape: tuple[int, ...] = ()  # per-row tensor shape from a tensor signature, e.g. (3, 64, 64)
     autocast: str | None = None  # "bf16" or "fp16": torch.autocast on GPU (and bf16 on CPU)
+    cpu_kernels: str = "onednn"  # plain MLPs on CPU: "onednn" (fused, prepacked) or "torch" (bitwise)
     prefetch: int = 2  # decoded batches kept ready ahead of the model
     on_invalid: Literal["quarantine", "fail"] = "quarantine"  # what a row the model cannot take does
     raw_columns: tuple[str, ...] = ()  # columns of an invalid row kept as JSON (keys and features)
