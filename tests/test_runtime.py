@@ -412,9 +412,13 @@ def test_onednn_kernels_decline_what_they_cannot_run() -> None:
     assert onednn_forward(mlp().double(), 64) is None, "float64 weights: the module's own ops run"
     assert onednn_forward(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)), 64) is None
     assert onednn_forward(torch.nn.Sequential(torch.nn.ReLU()), 64) is None, "no linear layer"
+    no_bias = torch.nn.Sequential(torch.nn.Linear(8, 4, bias=False), torch.nn.ReLU()).eval()
+    x = torch.randn(10, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(onednn_forward(no_bias, 64)(x), no_bias(x), **F32)
     double = mlp().double()
     forward, row_major = cpu_forward(double, "onednn", 64)
-    x = torch.randn(10, 8, dtype=torch.float64)
+    x = x.double()
     with torch.inference_mode():
         assert torch.equal(forward(x), double(x)) and not row_major
     with pytest.raises(ValueError, match=r"expected model\.cpu_kernels onednn or torch, found 'mkl'"):

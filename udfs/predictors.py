@@ -192,7 +192,7 @@ def onednn_forward(module: Any, batch_size: int) -> Callable[[Any], Any] | None:
                 found, expected, rtol=ONEDNN_RTOL, atol=ONEDNN_ATOL
             ):
                 return None
-    except (RuntimeError, NotImplementedError, AttributeError):  # an op this torch build lacks or refuses
+    except (RuntimeError, NotImplementedError, AttributeError, TypeError):  # an op this torch lacks
         return None
     return forward
 
