@@ -63,22 +63,17 @@ def features_to_numpy(
     rows = batch.num_rows
     if len(blocks) == 1:
         out = np.ascontiguousarray(blocks[0], dtype=np.float32)
-    elif row_major:
-        out = np.empty((rows, sum(b.shape[1] for b in blocks)), dtype=np.float32)
+    else:
+        # Filled feature by feature: in the default column-major buffer each Arrow column is one sequential
+        # write (10x faster than strided writes into a row-major one), and torch's matmuls consume the
+        # (rows, features) view without a copy; row-major for kernels that read rows (oneDNN's).
+        out = np.empty(
+            (rows, sum(b.shape[1] for b in blocks)), dtype=np.float32, order="C" if row_major else "F"
+        )
         offset = 0
         for block in blocks:
             out[:, offset : offset + block.shape[1]] = block
             offset += block.shape[1]
-    else:
-        # Filled feature by feature into one column-major buffer: each Arrow column is one sequential
-        # write (10x faster than strided writes into a row-major array). The (rows, features) result is a
-        # transposed view of that buffer, which torch's matmuls consume without a copy.
-        by_feature = np.empty((sum(b.shape[1] for b in blocks), rows), dtype=np.float32)
-        offset = 0
-        for block in blocks:
-            by_feature[offset : offset + block.shape[1]] = block.T
-            offset += block.shape[1]
-        out = by_feature.T
     if row_shape and tuple(out.shape[1:]) != tuple(row_shape):
         width = int(np.prod(row_shape))
         if out.shape[1] != width:

@@ -89,16 +89,18 @@ def _plain_layers(module: Any) -> list[Any] | None:
     return layers
 
 
-def _activations() -> dict[type, tuple[Callable[[Any], Any], Callable[[Any], Any]]]:
-    """Activation module type: (in place, out of place)."""
+def _activation_step(layer: Any, first: bool) -> Callable[[Any], Any]:
+    """An activation layer's function: in place on the tensor the step before it made, out of place as the
+    first step (its input is the model's input, never overwritten)."""
     import torch
     from torch import nn
 
-    return {
+    in_place, out_of_place = {
         nn.ReLU: (torch.relu_, torch.relu),
         nn.Sigmoid: (torch.sigmoid_, torch.sigmoid),
         nn.Tanh: (torch.tanh_, torch.tanh),
-    }
+    }[type(layer)]
+    return out_of_place if first else in_place
 
 
 def _chain(steps: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
@@ -121,15 +123,12 @@ def sequential_forward(module: Any) -> Callable[[Any], Any] | None:
     layers = _plain_layers(module)
     if layers is None:
         return None
-    activations = _activations()
     steps: list[Callable[[Any], Any]] = []
     for layer in layers:
         if type(layer) is nn.Linear:
             steps.append(functools.partial(torch.nn.functional.linear, weight=layer.weight, bias=layer.bias))
         else:
-            in_place, out_of_place = activations[type(layer)]
-            # Every step's output is a tensor made here, except the first step's input: the model's input.
-            steps.append(in_place if steps else out_of_place)
+            steps.append(_activation_step(layer, first=not steps))
     return _chain(steps)
 
 
@@ -156,13 +155,11 @@ def onednn_forward(module: Any, batch_size: int) -> Callable[[Any], Any] | None:
     layers = _plain_layers(module)
     if not layers or not any(type(layer) is nn.Linear for layer in layers):
         return None
-    parameters = list(module.parameters())
-    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in parameters):
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in module.parameters()):
         return None
     mkldnn = torch.ops.mkldnn
     if not torch.backends.mkldnn.is_available() or not hasattr(mkldnn, "_reorder_linear_weight"):  # type: ignore[no-untyped-call]
         return None
-    activations = _activations()
     steps: list[Callable[[Any], Any]] = []
     try:
         with torch.inference_mode():
@@ -180,8 +177,7 @@ def onednn_forward(module: Any, batch_size: int) -> Callable[[Any], Any] | None:
                     )
                     i += 2 if fused else 1
                     continue
-                in_place, out_of_place = activations[type(layer)]
-                steps.append(in_place if steps else out_of_place)
+                steps.append(_activation_step(layer, first=not steps))
                 i += 1
             forward = _chain(steps)
             width = next(layer.in_features for layer in layers if type(layer) is nn.Linear)
