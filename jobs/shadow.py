@@ -37,6 +37,7 @@ from jobs.schema_check import check_input_schema
 from jobs.score import (
     Lineage,
     executor_errors,
+    kept,
     pair_plan,
     partition_files,
     run_job,
@@ -167,10 +168,18 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sh
         stats = stats_accumulator(spark)
         lineage = Lineage.for_model(champion.ref, tracker.run_id)
         challenger_lineage = Lineage.for_model(challenger.ref, tracker.run_id, lineage.scored_at)
-        scored = score_input(
-            spark, df, cfg, ds, (champion.ref, plan), lineage=None, stats=stats, files=files
-        ).persist()
-        try:
+        with kept() as persist_scores:
+            scored = score_input(
+                spark,
+                df,
+                cfg,
+                ds,
+                (champion.ref, plan),
+                lineage=None,
+                stats=stats,
+                files=files,
+                keep=persist_scores,
+            )
             with executor_errors():
                 total, invalid = write_quarantine(with_lineage(scored, lineage), cfg, ds, tracker.run_id)
                 rows = total - invalid
@@ -198,8 +207,6 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sh
                     else valid.sample(fraction=shadow.max_compare_rows / rows, seed=17)
                 )
                 frame: Any = sample.select(score_column, shadow_column, *label).toPandas()
-        finally:
-            scored.unpersist()
         labels = None
         if shadow.label_column:
             frame = frame[frame[shadow.label_column].notna()]

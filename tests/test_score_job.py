@@ -225,3 +225,30 @@ def test_bad_ds_is_rejected(spark, registry: Registry, input_path: str, tmp_path
         TableLocationError, match="expected --ds as YYYY-MM-DD, found \"2026-11-29' OR '1'='1\""
     ):
         run(spark, job_config(input_path, str(tmp_path / "out")), "2026-11-29' OR '1'='1")
+
+
+def test_scores_read_twice_are_cached_without_the_partition_value_and_freed(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    from jobs.file_scan import open_input
+    from jobs.score import kept, score_input
+
+    cfg = job_config(input_path, str(tmp_path / "out"))
+    df = open_input(spark, cfg.input, DATES[0])
+    resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
+    plan = build_plan(resolved, cfg, df.columns)
+    cache = spark._jsparkSession.sharedState().cacheManager()
+    with kept() as keep:
+        scored = score_input(spark, df, cfg, DATES[0], (resolved.ref, plan), lineage=None, keep=keep)
+        rows = scored.collect()
+        cached = [
+            line
+            for line in scored._jdf.queryExecution().optimizedPlan().toString().splitlines()
+            if "InMemoryRelation" in line
+        ]
+        assert len(cached) == 1 and "transaction_id" in cached[0] and "fraud_score" in cached[0]
+        assert "ds#" not in cached[0], "the partition value is added after the cache, not stored per row"
+        assert not cache.isEmpty()
+    assert cache.isEmpty(), "leaving kept() unpersists"
+    assert len(rows) == ROWS_PER_DAY and {r["ds"] for r in rows} == {DATES[0]}
+    assert scored.columns[: len(plan.passthrough_columns)] == list(plan.passthrough_columns)
