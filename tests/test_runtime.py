@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from udfs.arrow_tensor import features_to_numpy
-from udfs.device import DeviceChoice, TaskResources, choose_device
+from udfs.device import ARROW_POOL, DeviceChoice, TaskResources, choose_device
 from udfs.predictors import TorchPredictor, cpu_forward, onednn_forward, sequential_forward
 from udfs.runtime import ModelOutOfMemoryError, ScoringLoop, prefetch, rebatch
 from udfs.spec import OutputField, ScoringPlan, arrow_batch_rows
@@ -330,6 +335,41 @@ def test_device_choice(requested: str, task: TaskResources, cuda: int, expected:
 def test_configured_cuda_without_a_gpu_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
         choose_device("cuda", TaskResources(), 0)
+
+
+_READ_IN_A_FRESH_WORKER = """
+import sys
+import pyarrow as pa
+import pyarrow.parquet as pq
+from udfs.device import use_arrow_pool
+backend = use_arrow_pool()
+pool = pa.default_memory_pool()
+table = pq.read_table(sys.argv[1])
+print(backend, pool.backend_name, pool.bytes_allocated() >= table.nbytes)
+"""
+
+
+@pytest.mark.parametrize("configured", [None, "system"])
+def test_a_worker_reads_into_jemalloc_unless_its_environment_names_a_pool(
+    tmp_path: Path, configured: str | None
+) -> None:
+    pq.write_table(pa.table({"x": np.arange(200_000, dtype=np.float64)}), tmp_path / "part.parquet")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if configured:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = configured
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-c", _READ_IN_A_FRESH_WORKER, str(tmp_path / "part.parquet")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    expected = configured or (ARROW_POOL if ARROW_POOL in pa.supported_memory_backends() else None)
+    backend, pool, holds_the_table = proc.stdout.split()
+    assert backend == pool == (expected or pa.default_memory_pool().backend_name)
+    assert holds_the_table == "True"  # the Parquet read's buffers came from that pool
 
 
 def test_pair_predictor_scores_each_batch_with_both_models_from_one_decode() -> None:

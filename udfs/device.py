@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -108,3 +109,27 @@ def keep_heap_resident() -> bool:
             if not _heap_tuned:
                 log.info("malloc thresholds not set (no glibc mallopt); scoring works, with more page faults")
     return _heap_tuned
+
+
+# pyarrow's default pool on Linux, mimalloc, gives a new worker its memory in transparent huge pages that the
+# kernel zeroes, 2 MiB at a time, as they are first touched: a fresh worker's first large task spent ~0.45
+# core-s more in the kernel per 5 M rows of 32 doubles (`clear_page_erms` under `do_huge_pmd_anonymous_page`
+# was 16% of its CPU samples), and a warm-up task of 250,000 rows did not prevent it. Every `spark-submit`
+# starts fresh workers, and Spark restarts a worker idle for a minute. jemalloc's pool costs the same once
+# warm (10 M rows, two workers: 3.63 core-s either way) and most of that first-task cost goes away.
+ARROW_POOL = "jemalloc"
+_arrow_pool: str | None = None
+
+
+def use_arrow_pool() -> str:
+    """Once per worker process: make :data:`ARROW_POOL` Arrow's default memory pool, unless the worker's
+    environment names one (``ARROW_DEFAULT_MEMORY_POOL``, e.g. through ``spark.executorEnv``) or this
+    pyarrow lacks it. Returns the default pool's backend. Buffers allocated before stay with their pool."""
+    global _arrow_pool
+    if _arrow_pool is None:
+        import pyarrow as pa
+
+        if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL") and ARROW_POOL in pa.supported_memory_backends():
+            pa.set_memory_pool(getattr(pa, f"{ARROW_POOL}_memory_pool")())
+        _arrow_pool = pa.default_memory_pool().backend_name
+    return _arrow_pool

@@ -22,6 +22,7 @@ from udfs.device import (
     choose_device,
     current_task_resources,
     keep_heap_resident,
+    use_arrow_pool,
 )
 from udfs.predictors import PairPredictor, Predictor, load_predictor
 from udfs.runtime import ScoringLoop
@@ -80,6 +81,7 @@ def make_arrow_scorer(ref: ModelRef, plan: ScoringPlan, accumulator: Any = None)
         stats["tasks"] = 1
         loads_before = model_cache.load_count()
         worker = worker_id()
+        use_arrow_pool()  # before the first batch is read: a file scorer reads it from Parquet
         non_empty = (b for b in batches if b.num_rows > 0)
         first = next(non_empty, None)
         if first is not None:  # an empty partition never loads the model
