@@ -62,7 +62,7 @@ def anchor_workers(spark: Any) -> Iterator[None]:
 
 class WorkerRss:
     """Samples the RSS of the Python worker processes of one pool (``python``: its executable; None for a
-    path without Python workers) while a path runs; keeps the largest."""
+    path without Python workers) while a path runs and as it ends; keeps the largest."""
 
     def __init__(self, python: str | None) -> None:
         self.peak_mb = 0.0
@@ -71,13 +71,16 @@ class WorkerRss:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
-        while self.python is not None and not self._stop.wait(0.5):
-            for proc in psutil.process_iter(["cmdline", "memory_info"]):
-                cmdline = proc.info["cmdline"] or []
-                if cmdline[:1] == [self.python] and (
-                    "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline
-                ):
-                    self.peak_mb = max(self.peak_mb, proc.info["memory_info"].rss / 2**20)
+        while not self._stop.wait(0.5):
+            self._take()
+
+    def _take(self) -> None:
+        if self.python is None:
+            return
+        for proc in psutil.process_iter(["cmdline", "memory_info"]):
+            cmdline = proc.info["cmdline"] or []
+            if cmdline[:1] == [self.python] and ("pyspark.daemon" in cmdline or "pyspark.worker" in cmdline):
+                self.peak_mb = max(self.peak_mb, proc.info["memory_info"].rss / 2**20)
 
     def __enter__(self) -> WorkerRss:
         self._thread.start()
@@ -86,6 +89,7 @@ class WorkerRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._take()  # a job shorter than the sampling interval (1 M rows: ~0.3 s) is measured as it ends
 
 
 def cpu_model() -> dict[str, str]:
