@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,6 +62,62 @@ def test_profile_java_options_reach_the_jvm(spark) -> None:
     system = spark.sparkContext._jvm.java.lang.System
     assert system.getProperty("arrow.enable_unsafe_memory_access") == "true"
     assert system.getProperty("arrow.enable_null_check_for_get") == "false"
+
+
+def _arrow_refault_probe() -> Callable[[object], tuple[str | None, list[int]]]:
+    """A function (pickled by value, being nested) that reports, from the process it runs in, the jemalloc
+    conf that process started with and the page faults of each of six rounds of allocating, writing and
+    freeing 8 x 4 MiB buffers in the Arrow pool our scoring tasks use."""
+
+    def probe(_: object) -> tuple[str | None, list[int]]:
+        import os
+        import resource
+
+        import numpy as np
+        import pyarrow as pa
+
+        from udfs.device import use_arrow_pool
+
+        use_arrow_pool()
+        faults = []
+        for _round in range(6):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            buffers = [pa.allocate_buffer(4 << 20) for _ in range(8)]
+            for buffer in buffers:
+                np.frombuffer(buffer, dtype=np.uint8)[:] = 1
+            del buffers, buffer
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return os.environ.get("JE_ARROW_MALLOC_CONF"), faults
+
+    return probe
+
+
+def test_workers_reuse_freed_arrow_pages_instead_of_faulting_them_in_again(spark) -> None:
+    """The profile starts Python workers with JE_ARROW_MALLOC_CONF, so Arrow's jemalloc keeps the pages a
+    batch frees for the next one; a process started without it faults them in again every round."""
+    from pyspark import cloudpickle
+
+    from jobs.config import load_spark_profile
+    from udfs.device import ARROW_JEMALLOC_CONF
+
+    probe = _arrow_refault_probe()
+    [(conf, faults)] = spark.sparkContext.parallelize([0], 1).map(probe).collect()
+    key = "spark.executorEnv.JE_ARROW_MALLOC_CONF"
+    assert all(load_spark_profile(p).conf[key] == ARROW_JEMALLOC_CONF for p in ("local", "cluster", "gpu"))
+    assert conf == ARROW_JEMALLOC_CONF
+    assert max(faults[2:]) < 256, f"a worker faulted its freed Arrow pages in again: {faults}"
+
+    unset = ("JE_ARROW_MALLOC_CONF", "ARROW_DEFAULT_MEMORY_POOL")
+    control = subprocess.run(
+        [sys.executable, "-c", "import pickle, sys; print(pickle.loads(sys.stdin.buffer.read())(0))"],
+        input=cloudpickle.dumps(probe),
+        env={k: v for k, v in os.environ.items() if k not in unset},
+        capture_output=True,
+        check=True,
+    )
+    conf, faults = ast.literal_eval(control.stdout.decode())
+    assert conf is None
+    assert min(faults[2:]) >= 1024, f"without the conf, Arrow's jemalloc kept its pages: {faults}"
 
 
 def test_spark_submit_keeps_the_profile_java_options_beside_its_log4j_file(tmp_path: Path) -> None:
