@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
+from udfs.device import ARROW_JEMALLOC_CONF
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,3 +84,5 @@ def test_bundle_names_the_job_entry_point_and_its_parameters() -> None:
     assert {p["name"] for p in job["parameters"]} == {"ds"} and "job_config" in bundle["variables"]
     assert job["tasks"][0]["libraries"] == [{"whl": "./dist/*.whl"}]
     assert job["schedule"]["quartz_cron_expression"]
+    cluster = job["job_clusters"][0]["new_cluster"]
+    assert cluster["spark_env_vars"]["JE_ARROW_MALLOC_CONF"] == ARROW_JEMALLOC_CONF
