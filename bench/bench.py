@@ -92,6 +92,48 @@ class WorkerRss:
         self._take()  # a job shorter than the sampling interval (1 M rows: ~0.3 s) is measured as it ends
 
 
+class MachineProbe:
+    """What the whole VM did while one path ran: CPU seconds busy (all processes; in the kernel), stolen by
+    the hypervisor and waiting on I/O, page faults, and the JVM's and this driver's own CPU seconds (the
+    rest of busy is the Python workers'). A slow round with steal or major faults in it was the VM's."""
+
+    def __init__(self) -> None:
+        self.delta: dict[str, float] = {}
+
+    @staticmethod
+    def _counters() -> dict[str, float]:
+        with open("/proc/stat") as stat:
+            ticks = [int(t) / os.sysconf("SC_CLK_TCK") for t in stat.readline().split()[1:9]]
+        user, nice, system, _idle, iowait, irq, softirq, steal = ticks
+        with open("/proc/vmstat") as vmstat:
+            counts = dict(line.split() for line in vmstat)
+        me = psutil.Process()
+        jvm = sum(
+            sum(child.cpu_times()[:2]) for child in me.children(recursive=True) if child.name() == "java"
+        )
+        return {
+            "busy_s": user + nice + system + irq + softirq,
+            "kernel_s": system + irq + softirq,
+            "steal_s": steal,
+            "iowait_s": iowait,
+            "minor_faults": int(counts["pgfault"]) - int(counts["pgmajfault"]),
+            "major_faults": int(counts["pgmajfault"]),
+            "jvm_cpu_s": jvm,
+            "driver_cpu_s": sum(me.cpu_times()[:2]),
+        }
+
+    def __enter__(self) -> MachineProbe:
+        self._start = self._counters()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._counters()
+        self.delta = {key: round(end[key] - self._start[key], 3) for key in end}
+        self.delta["workers_cpu_s"] = round(
+            self.delta["busy_s"] - self.delta["jvm_cpu_s"] - self.delta["driver_cpu_s"], 3
+        )
+
+
 def cpu_model() -> dict[str, str]:
     """The CPU's model name and widest vector unit: the tabular numbers move with both (the same 2-core
     budget measured 0.69-0.85x of the JVM scan on an AVX2 AMD EPYC and more on an AVX-512 Xeon)."""
@@ -223,6 +265,7 @@ def ensure_embeddings(spark: Any, path: str, rows: int, dim: int, files: int) ->
 
 
 REPEATS = 3  # rounds over the paths (--repeat); each path reports its fastest round
+WARMUP_FILES = 4  # files of the main input's file size in the untimed warm-up before our paths' rounds
 CPU_KERNELS = "onednn"  # model.cpu_kernels for our path and the raw-torch ceiling (--cpu-kernels)
 # Rounds of the scaling runs (every size, the main input's again, interleaved): a 1 M-row round lasts ~0.5 s,
 # so one slow second of this VM can spoil a whole round; five rounds cost ~40 s with their warm-ups.
@@ -511,16 +554,19 @@ def ours_job(spark: Any, cfg: Any, model_uri: str, tracking: str) -> Callable[[]
 
 
 def warmup(spark: Any, args: Any, model_uri: str, tracking: str) -> Callable[[], Any]:
-    """Our noop path on two files the size of the main input's, run untimed before each of our paths'
-    rounds. Spark stops a Python worker idle for a minute, and ours idle for two while the anchors run (their
-    own workers, busy back to back, stay warm): this restarts ours, loads the model, and brings the workers
-    to their steady state. A first large task in a fresh worker ran ~10% slower even with the model loaded
-    (10 M rows: 5.0-5.3 s against 4.3-4.9 s warm); after an 8,192-row warm-up it still did, after this one
-    it does not (4.50 s)."""
+    """Our noop path on four files the size of the main input's, run untimed before our path in each of the
+    scaling rounds (the main rounds warm up on the main job itself). Spark stops a Python worker idle for a
+    minute (``PythonWorkerFactory``'s hard-coded idle timeout), and ours idle for minutes while the anchors
+    run (their own workers, busy back to back, stay warm): this restarts ours, loads the model, and brings
+    the workers close to their steady state. On this VM a fresh worker's first large job also faults in
+    ~140k new pages, and each costs the kernel ~15 us because the balloon's free page reporting hands freed
+    guest memory back to the host: 10 M rows right after a two-file warm-up took 2.9-4.5 s with 1.1-2.0 s
+    of worker kernel time, after a four-file one 2.7 s with 1.3 s (six files: 2.7 s, 0.8 s), and 2.1-2.5 s
+    warm."""
     from jobs.home import batchscore_home
 
     path = str(batchscore_home() / "bench" / "input_warmup")
-    ensure_input(spark, path, 2 * max(1, args.rows // args.files), 2, args.features)
+    ensure_input(spark, path, WARMUP_FILES * max(1, args.rows // args.files), WARMUP_FILES, args.features)
     return ours_job(
         spark, job_config("warmup", model_uri, path, args.batch_size, args.prefetch), model_uri, tracking
     )
@@ -563,25 +609,33 @@ def interleaved(
     rounds: int | None = None,
 ) -> dict[str, list[Any]]:
     """``rounds`` (:data:`REPEATS` by default) rounds, each running every path once in turn; a path's
-    fastest round counts (its first round also starts its workers and loads its model). Interleaving spreads
-    this VM's slow minutes over all paths instead of over whichever ran then. ``warmups`` run, untimed,
-    before their path in every round. Returns each path's outputs, round by round; our noop path's fastest
-    round's worker metrics go in its results as ``runtime``."""
+    fastest round counts (without a warm-up, its first round also starts its workers and loads its model).
+    Interleaving spreads this VM's slow minutes over all paths instead of over whichever ran then.
+    ``warmups`` run before their path in every round, timed apart (``warmup_seconds``). Returns each path's
+    outputs, round by round; our noop path's fastest round's worker metrics go in its results as
+    ``runtime``."""
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     peaks = dict.fromkeys(runners, 0.0)
     outputs: dict[str, list[Any]] = {name: [] for name in runners}
+    vm: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
+    warm_seconds: dict[str, list[float]] = {name: [] for name in warmups or {}}
     for _ in range(rounds or REPEATS):
         for name, runner in runners.items():
             if warmups and name in warmups:
+                started = time.perf_counter()
                 warmups[name]()
-            with WorkerRss(worker_python(name)) as rss:
+                warm_seconds[name].append(round(time.perf_counter() - started, 3))
+            with WorkerRss(worker_python(name)) as rss, MachineProbe() as machine:
                 started = time.perf_counter()
                 outputs[name].append(runner())
                 seconds[name].append(time.perf_counter() - started)
             peaks[name] = max(peaks[name], rss.peak_mb)
+            vm[name].append(machine.delta)
     for name, times in seconds.items():
         fastest = times.index(min(times))
-        extra: dict[str, Any] = {"all_seconds": [round(t, 3) for t in times]}
+        extra: dict[str, Any] = {"all_seconds": [round(t, 3) for t in times], "machine": vm[name]}
+        if warm_seconds.get(name):
+            extra["warmup_seconds"] = warm_seconds[name]
         if isinstance(outputs[name][fastest], dict):  # our noop path's worker metrics
             extra["runtime"] = outputs[name][fastest]
         results.record(name, times[fastest], peaks[name], extra)
@@ -616,9 +670,13 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
         runners["ours (noop sink)"] = ours_job(spark, cfg, model_uri, tracking)
     if "ours_delta" in paths:
         runners["ours (Delta out)"] = lambda: run(spark, cfg, DS)
+    # The fast paths' rounds (seconds) each follow an untimed run of the same job, as the anchors' rounds
+    # (minutes, back to back in their own workers) follow each other: Spark stops our workers while the
+    # anchors run, and on this VM a restarted worker's first large job pays ~1-2 s of page faults (the
+    # bench records that job's time as ``warmup_seconds``; see :func:`warmup`).
     warmups: dict[str, Callable[[], Any]] = {}
-    if runners:  # our paths only: the anchors' workers stay busy back to back
-        warm = warmup(spark, args, model_uri, tracking)
+    if runners:
+        warm = runners.get("ours (noop sink)") or ours_job(spark, cfg, model_uri, tracking)
         warmups = {name: warm for name in runners}
     for name, scores in (
         ("spark_udf", lambda: spark_udf_scores(df, model_uri, cols, "double")),
@@ -638,6 +696,7 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
     if "jvm" in paths:
         expression = " + ".join(cols)
         runners["JVM scan (I/O ceiling)"] = lambda: noop(df.selectExpr("key", f"{expression} AS s"))
+        warmups["JVM scan (I/O ceiling)"] = runners["JVM scan (I/O ceiling)"]
     if "torch" in paths:
         runners[RAW_TORCH] = raw_torch(
             results, build_mlp(args.features), args.features, args.batch_size, 4_000_000
