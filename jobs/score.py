@@ -61,7 +61,7 @@ from udfs.file_reader import make_file_scorer
 from udfs.scorer import make_arrow_scorer
 from udfs.spec import ModelRef, OutputField, ScoringPlan, arrow_batch_rows
 from udfs.stats import StatsAccumulatorParam, empty_stats, summary_metrics
-from udfs.validation import ERROR_MARKER, RAW_COLUMN, REASON_COLUMN
+from udfs.validation import ERROR_MARKER, INVALID_COLUMN, INVALID_FIELDS, RAW_COLUMN, REASON_COLUMN
 
 if TYPE_CHECKING:
     from pyspark.accumulators import AccumulatorParam
@@ -233,8 +233,16 @@ def _output_schema(schema: StructType, plan: ScoringPlan) -> Any:
     fields = [schema[name] for name in plan.passthrough_columns]
     fields += [T.StructField(out.name, _spark_type(out), nullable=quarantining) for out in plan.outputs]
     if quarantining:  # null for scored rows; reason and raw row JSON for invalid ones
-        fields += [T.StructField(REASON_COLUMN, T.StringType()), T.StructField(RAW_COLUMN, T.StringType())]
+        invalid = T.StructType([T.StructField(name, T.StringType()) for name in INVALID_FIELDS])
+        fields.append(T.StructField(INVALID_COLUMN, invalid))
     return T.StructType(fields)
+
+
+# The workers' struct of reason and raw row, as the two columns a scored DataFrame has (SQL text).
+_FLATTENED_INVALID = tuple(
+    f"{INVALID_COLUMN}.{field} AS {column}"
+    for field, column in zip(INVALID_FIELDS, (REASON_COLUMN, RAW_COLUMN), strict=True)
+)
 
 
 def with_lineage(scored: DataFrame, lineage: Lineage | None) -> DataFrame:
@@ -297,6 +305,9 @@ def transform(
     schema = df.schema
     scorer = make_arrow_scorer(ref, sized_for(schema, plan), stats)
     scored = selected.mapInArrow(scorer, _output_schema(schema, plan))
+    if plan.on_invalid == "quarantine":
+        ordered = [*plan.passthrough_columns, *(out.name for out in plan.outputs)]
+        scored = scored.selectExpr(*map(_sql_name, ordered), *_FLATTENED_INVALID)
     return with_lineage(scored, lineage)
 
 
@@ -332,8 +343,6 @@ def transform_files(
     if keep is not None:
         scored = keep(scored)
     ordered = [*plan.passthrough_columns, *(out.name for out in plan.outputs)]
-    if plan.on_invalid == "quarantine":
-        ordered += [REASON_COLUMN, RAW_COLUMN]
     # One projection, from SQL text in one py4j call, adds the constants and orders the columns (building
     # it from Column objects took ~40 py4j calls, ~10 ms a job).
     columns = [
@@ -343,6 +352,8 @@ def transform_files(
         else _sql_name(name)
         for name in ordered
     ]
+    if plan.on_invalid == "quarantine":
+        columns += _FLATTENED_INVALID
     return with_lineage(scored.selectExpr(*columns), lineage)
 
 

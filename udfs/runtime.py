@@ -33,8 +33,9 @@ from udfs.predictors import Predictor
 from udfs.spec import ScoringPlan
 from udfs.stats import empty_stats, record_batch
 from udfs.validation import (
-    RAW_COLUMN,
-    REASON_COLUMN,
+    INVALID_COLUMN,
+    INVALID_FIELDS,
+    INVALID_TYPE,
     InvalidRowsError,
     find_invalid,
     raw_rows_json,
@@ -230,26 +231,21 @@ class ScoringLoop:
         arrays += [predictions_to_arrow(output, out, i) for i, out in enumerate(self.plan.outputs)]
         names = [*self.plan.passthrough_columns, *(out.name for out in self.plan.outputs)]
         if self._quarantining():
-            arrays += [pa.nulls(rows, pa.string()), pa.nulls(rows, pa.string())]
-            names += [REASON_COLUMN, RAW_COLUMN]
+            arrays.append(pa.nulls(rows, INVALID_TYPE))
+            names.append(INVALID_COLUMN)
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
     def encode_invalid(self, batch: pa.RecordBatch, invalid: dict[int, str]) -> pa.RecordBatch:
-        """The invalid rows of ``batch``: pass-through columns, null predictions, reason and raw JSON."""
+        """The invalid rows of ``batch``: pass-through columns, null predictions, and the reason and raw
+        JSON in :data:`INVALID_COLUMN`."""
         rows = list(invalid)
         taken = batch.take(pa.array(rows, type=pa.int64()))
         arrays = [taken.column(name) for name in self.plan.passthrough_columns]
         arrays += [pa.nulls(len(rows), arrow_type(out)) for out in self.plan.outputs]
-        arrays += [
-            pa.array([invalid[r] for r in rows], pa.string()),
-            pa.array(raw_rows_json(batch, rows, self.plan.raw_columns), pa.string()),
-        ]
-        names = [
-            *self.plan.passthrough_columns,
-            *(out.name for out in self.plan.outputs),
-            REASON_COLUMN,
-            RAW_COLUMN,
-        ]
+        reasons = pa.array([invalid[r] for r in rows], pa.string())
+        raw = pa.array(raw_rows_json(batch, rows, self.plan.raw_columns), pa.string())
+        arrays.append(pa.StructArray.from_arrays([reasons, raw], names=list(INVALID_FIELDS)))
+        names = [*self.plan.passthrough_columns, *(out.name for out in self.plan.outputs), INVALID_COLUMN]
         self.stats["invalid_rows"] += len(rows)
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
