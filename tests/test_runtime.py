@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -492,3 +493,21 @@ def test_other_modules_run_as_they_are() -> None:
     ):
         assert sequential_forward(module) is None, module
     assert TorchPredictor(hooked, "cpu", ("a",)).forward is hooked
+
+
+def test_quarantined_rows_travel_in_one_struct_column_null_for_scored_rows() -> None:
+    """Spark turns each column of a worker's result into row values one null check per row: the reason
+    and raw row share one struct column, null for every scored row (the jobs flatten it)."""
+    from udfs.validation import INVALID_COLUMN, INVALID_TYPE
+
+    batch = pa.record_batch(
+        {"id": np.arange(4, dtype=np.int64), "a": [0.5, float("nan"), 1.5, 2.0], "b": [1.0, 2.0, 3.0, 4.0]}
+    )
+    out = run(linear(), [batch], plan(8, raw_columns=("id", "a", "b"))).sort_by("id")
+    assert out.column_names == ["id", "score", INVALID_COLUMN]
+    assert out.schema.field(INVALID_COLUMN).type == INVALID_TYPE
+    invalid = out.column(INVALID_COLUMN).to_pylist()
+    assert [row is None for row in invalid] == [True, False, True, True]
+    assert "a" in invalid[1]["reason"] and json.loads(invalid[1]["row"])["id"] == 1
+    scores = out.column("score").to_pylist()
+    assert scores[1] is None and None not in (scores[0], scores[2], scores[3])
