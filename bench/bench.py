@@ -108,9 +108,13 @@ class MachineProbe:
         with open("/proc/vmstat") as vmstat:
             counts = dict(line.split() for line in vmstat)
         me = psutil.Process()
-        jvm = sum(
-            sum(child.cpu_times()[:2]) for child in me.children(recursive=True) if child.name() == "java"
-        )
+        jvm = 0.0
+        for child in me.children(recursive=True):  # Python workers among them come and go
+            try:
+                if child.name() == "java":
+                    jvm += sum(child.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                continue
         return {
             "busy_s": user + nice + system + irq + softirq,
             "kernel_s": system + irq + softirq,
