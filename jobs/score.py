@@ -238,6 +238,11 @@ def _output_schema(schema: StructType, plan: ScoringPlan) -> Any:
     return T.StructType(fields)
 
 
+def _scored_names(plan: ScoringPlan) -> list[str]:
+    """The pass-through and prediction columns of a scored DataFrame, in order."""
+    return [*plan.passthrough_columns, *(out.name for out in plan.outputs)]
+
+
 # The workers' struct of reason and raw row, as the two columns a scored DataFrame has (SQL text).
 _FLATTENED_INVALID = tuple(
     f"{INVALID_COLUMN}.{field} AS {column}"
@@ -306,8 +311,7 @@ def transform(
     scorer = make_arrow_scorer(ref, sized_for(schema, plan), stats)
     scored = selected.mapInArrow(scorer, _output_schema(schema, plan))
     if plan.on_invalid == "quarantine":
-        ordered = [*plan.passthrough_columns, *(out.name for out in plan.outputs)]
-        scored = scored.selectExpr(*map(_sql_name, ordered), *_FLATTENED_INVALID)
+        scored = scored.selectExpr(*map(_sql_name, _scored_names(plan)), *_FLATTENED_INVALID)
     return with_lineage(scored, lineage)
 
 
@@ -342,7 +346,6 @@ def transform_files(
     scored = tasks.mapInArrow(scorer, _output_schema(schema, in_python))
     if keep is not None:
         scored = keep(scored)
-    ordered = [*plan.passthrough_columns, *(out.name for out in plan.outputs)]
     # One projection, from SQL text in one py4j call, adds the constants and orders the columns (building
     # it from Column objects took ~40 py4j calls, ~10 ms a job).
     columns = [
@@ -350,7 +353,7 @@ def transform_files(
         f"{_sql_name(name)}"
         if name in scan.constants
         else _sql_name(name)
-        for name in ordered
+        for name in _scored_names(plan)
     ]
     if plan.on_invalid == "quarantine":
         columns += _FLATTENED_INVALID
