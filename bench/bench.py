@@ -7,7 +7,8 @@ sink (keys and scores) and into a Delta table (keys, scores, lineage). Paths run
 to minute, and interleaving spreads that over every path. Then the cost per row of our path at other
 sizes (1 M by default), and a compute-bound workload: 768-d float embeddings in an array column scored by a
 heavier MLP (768-1024-1024-1). Prints tables of rows/s, peak Python-worker RSS and our ratio to each path;
-writes bench/results/latest.json.
+prints whether the targets hold (ours >= 5x the faster anchor and >= 0.8x min(raw torch, JVM scan),
+cost per row and peak worker RSS flat from 1 M to 10 M rows); writes bench/results/latest.json.
 
     python bench/bench.py [--rows 10000000 | --quick] [--paths ...] [--scaling-rows 1000000]
                           [--emb-rows 200000] [--repeat 3]
@@ -507,11 +508,68 @@ def main() -> int:
             "model": f"MLP {args.emb_dim}-1024-1024-1",
             "paths": emb.paths,
         }
+    report["targets"] = targets(report)
+    print_targets(report["targets"], args.rows)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")
     spark.stop()
     return 0
+
+
+# Issue 4's targets on the tabular workload (noop sink): ours >= 5x the faster of spark_udf and
+# predict_batch_udf, >= 0.8x the slower of raw torch and the JVM scan, cost per row flat within +-20% from
+# the smallest scaling size to the main input's, peak worker RSS not growing with the rows.
+OURS = "ours (noop sink)"
+ANCHORS = ("mlflow spark_udf (noop sink)", "predict_batch_udf (noop sink)")
+CEILINGS = (RAW_TORCH, "JVM scan (I/O ceiling)")
+ANCHOR_FACTOR = 5.0
+CEILING_FACTOR = 0.8
+COST_TOLERANCE = 0.2
+RSS_GROWTH = 1.1  # 10x the rows may add row groups in flight, not rows: at most 10% more peak RSS
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target the report has the paths for: what it asks, what was measured, whether it holds."""
+    paths = report.get("paths", {})
+    rate = {name: p["rows_per_s"] for name, p in paths.items()}
+    found: list[dict[str, Any]] = []
+    if OURS not in rate:
+        return found
+
+    def add(target: str, measured: float, holds: bool, detail: str) -> None:
+        found.append({"target": target, "measured": round(measured, 4), "met": holds, "detail": detail})
+
+    anchors = [a for a in ANCHORS if a in rate]
+    if anchors:
+        fastest = max(anchors, key=rate.__getitem__)
+        ratio = rate[OURS] / rate[fastest]
+        add(f">= {ANCHOR_FACTOR:g}x the faster anchor", ratio, ratio >= ANCHOR_FACTOR, fastest)
+    ceilings = [c for c in CEILINGS if c in rate]
+    if ceilings:
+        slowest = min(ceilings, key=rate.__getitem__)
+        ratio = rate[OURS] / rate[slowest]
+        add(f">= {CEILING_FACTOR:g}x min(raw torch, JVM scan)", ratio, ratio >= CEILING_FACTOR, slowest)
+    rows = report.get("scaling") or []
+    if len(rows) >= 2:
+        small, large = rows[0], rows[-1]
+        sizes = f"{small['rows']:,} vs {large['rows']:,} rows"
+        cost = small["us_per_row"] / large["us_per_row"]
+        add(f"cost per row flat (+-{COST_TOLERANCE:.0%})", cost, abs(cost - 1) <= COST_TOLERANCE, sizes)
+        growth = large["peak_rss_mb"] / small["peak_rss_mb"]
+        add(f"peak worker RSS flat (<= {RSS_GROWTH:g}x)", growth, growth <= RSS_GROWTH, sizes)
+    return found
+
+
+def print_targets(found: list[dict[str, Any]], rows: int) -> None:
+    if not found:
+        return
+    note = "" if rows == 10_000_000 else f"; set for 10,000,000 rows, this run {rows:,}"
+    print(f"\ntargets (issue 4, 2 cores, noop sink{note}):")
+    print("| target | measured | met |\n|---|---|---|")
+    for t in found:
+        print(f"| {t['target']} ({t['detail']}) | {t['measured']:.2f}x | {'yes' if t['met'] else 'NO'} |")
+    print()
 
 
 TABULAR_PATHS = (

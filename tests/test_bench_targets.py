@@ -1,0 +1,111 @@
+"""The bench's verdict on the performance targets (`bench/bench.py::targets`), from its reports."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_under_test", ROOT / "bench" / "bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def report(ours: float, spark_udf: float, pbu: float, torch: float, scan: float, **scaling: Any) -> Any:
+    def path(rate: float) -> dict[str, float]:
+        return {"rows_per_s": rate, "seconds": 1e7 / rate, "peak_rss_mb": 0.0}
+
+    result: dict[str, Any] = {
+        "paths": {
+            "ours (noop sink)": path(ours),
+            "mlflow spark_udf (noop sink)": path(spark_udf),
+            "predict_batch_udf (noop sink)": path(pbu),
+            "raw torch (compute ceiling)": path(torch),
+            "JVM scan (I/O ceiling)": path(scan),
+        }
+    }
+    if scaling:
+        result["scaling"] = [
+            {"rows": 1_000_000, "us_per_row": scaling["small_us"], "peak_rss_mb": scaling["small_rss"]},
+            {"rows": 10_000_000, "us_per_row": scaling["large_us"], "peak_rss_mb": scaling["large_rss"]},
+        ]
+    return result
+
+
+def verdicts(found: list[dict[str, Any]]) -> dict[str, tuple[float, bool, str]]:
+    return {t["target"]: (t["measured"], t["met"], t["detail"]) for t in found}
+
+
+def test_targets_compare_with_the_faster_anchor_and_the_slower_ceiling(bench: Any) -> None:
+    found = verdicts(
+        bench.targets(
+            report(
+                4.4e6,
+                4.5e5,
+                4.3e5,
+                7.7e6,
+                5.2e6,
+                small_us=0.296,
+                large_us=0.279,
+                small_rss=1116,
+                large_rss=1183,
+            )
+        )
+    )
+    assert found[">= 5x the faster anchor"] == (
+        pytest.approx(4.4e6 / 4.5e5, abs=1e-4),
+        True,
+        "mlflow spark_udf (noop sink)",
+    )
+    assert found[">= 0.8x min(raw torch, JVM scan)"] == (
+        pytest.approx(4.4e6 / 5.2e6, abs=1e-4),
+        True,
+        "JVM scan (I/O ceiling)",
+    )
+    assert found["cost per row flat (+-20%)"][:2] == (pytest.approx(0.296 / 0.279, abs=1e-4), True)
+    assert found["peak worker RSS flat (<= 1.1x)"][:2] == (pytest.approx(1183 / 1116, abs=1e-4), True)
+
+
+def test_targets_report_misses(bench: Any) -> None:
+    # 4.9x the faster anchor (predict_batch_udf here), 0.77x raw torch (the slower ceiling here), 1.30x the
+    # cost per row at 1 M rows, and RSS that grew with the rows.
+    found = verdicts(
+        bench.targets(
+            report(
+                3.0e6,
+                5.0e5,
+                6.1e5,
+                3.9e6,
+                5.0e6,
+                small_us=0.39,
+                large_us=0.30,
+                small_rss=1000,
+                large_rss=2500,
+            )
+        )
+    )
+    assert found[">= 5x the faster anchor"][1:] == (False, "predict_batch_udf (noop sink)")
+    assert found[">= 0.8x min(raw torch, JVM scan)"][1:] == (False, "raw torch (compute ceiling)")
+    assert found["cost per row flat (+-20%)"][1] is False
+    assert found["peak worker RSS flat (<= 1.1x)"][1] is False
+    # cheaper at the small size counts too: flat means within 20% either way
+    cheaper = bench.targets(report(1, 1, 1, 1, 1, small_us=0.2, large_us=0.3, small_rss=1, large_rss=1))
+    assert verdicts(cheaper)["cost per row flat (+-20%)"][1] is False
+
+
+def test_targets_only_for_paths_that_ran(bench: Any) -> None:
+    partial = report(4e6, 4e5, 4e5, 8e6, 5e6)
+    del partial["paths"]["mlflow spark_udf (noop sink)"], partial["paths"]["predict_batch_udf (noop sink)"]
+    assert [t["target"] for t in bench.targets(partial)] == [">= 0.8x min(raw torch, JVM scan)"]
+    assert bench.targets({"paths": {}}) == []
