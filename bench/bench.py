@@ -537,8 +537,10 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     if OURS not in rate:
         return found
 
-    def add(target: str, measured: float, holds: bool, detail: str) -> None:
-        found.append({"target": target, "measured": round(measured, 4), "met": holds, "detail": detail})
+    def add(target: str, measured: float, holds: bool, detail: str, **more: Any) -> None:
+        found.append(
+            {"target": target, "measured": round(measured, 4), "met": holds, "detail": detail, **more}
+        )
 
     anchors = [a for a in ANCHORS if a in rate]
     if anchors:
@@ -549,7 +551,20 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     if ceilings:
         slowest = min(ceilings, key=rate.__getitem__)
         ratio = rate[OURS] / rate[slowest]
-        add(f">= {CEILING_FACTOR:g}x min(raw torch, JVM scan)", ratio, ratio >= CEILING_FACTOR, slowest)
+        # The best rounds may come from different minutes of the VM, so the target also asks it of the
+        # same-round pairs: the main rounds', and for the scan the scaling rounds' at the main input's size.
+        pairs = list(paths[OURS].get("paired_ratios", {}).get(slowest, []))
+        if slowest == CEILINGS[1]:
+            for row in report.get("scaling") or []:
+                if row["rows"] == report.get("params", {}).get("rows"):
+                    pairs += row.get("paired_ratios", {}).get(f"JVM scan @ {row['rows']:,} rows", [])
+        holds, detail, more = ratio >= CEILING_FACTOR, slowest, {}
+        if pairs:
+            median = statistics.median(pairs)
+            holds = holds and median >= CEILING_FACTOR
+            detail += f"; best rounds, and round by round median {median:.2f}x over {len(pairs)} pairs"
+            more = {"paired_median": round(median, 4), "pairs": len(pairs)}
+        add(f">= {CEILING_FACTOR:g}x min(raw torch, JVM scan)", ratio, holds, detail, **more)
     rows = report.get("scaling") or []
     if len(rows) >= 2:
         small, large = rows[0], rows[-1]
