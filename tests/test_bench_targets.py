@@ -22,7 +22,13 @@ def bench() -> Any:
     return module
 
 
-def report(ours: float, spark_udf: float, pbu: float, torch: float, scan: float, **scaling: Any) -> Any:
+def report(
+    rates: tuple[float, float, float, float, float], scaling: tuple[float, float, float, float] | None = None
+) -> Any:
+    """A report with rows/s of ours, spark_udf, predict_batch_udf, raw torch and the JVM scan, and the
+    scaling rows' (1 M, 10 M) cost per row and peak RSS: ``(small_us, large_us, small_rss, large_rss)``."""
+    ours, spark_udf, pbu, torch, scan = rates
+
     def path(rate: float) -> dict[str, float]:
         return {"rows_per_s": rate, "seconds": 1e7 / rate, "peak_rss_mb": 0.0}
 
@@ -36,9 +42,10 @@ def report(ours: float, spark_udf: float, pbu: float, torch: float, scan: float,
         }
     }
     if scaling:
+        small_us, large_us, small_rss, large_rss = scaling
         result["scaling"] = [
-            {"rows": 1_000_000, "us_per_row": scaling["small_us"], "peak_rss_mb": scaling["small_rss"]},
-            {"rows": 10_000_000, "us_per_row": scaling["large_us"], "peak_rss_mb": scaling["large_rss"]},
+            {"rows": 1_000_000, "us_per_row": small_us, "peak_rss_mb": small_rss},
+            {"rows": 10_000_000, "us_per_row": large_us, "peak_rss_mb": large_rss},
         ]
     return result
 
@@ -48,21 +55,7 @@ def verdicts(found: list[dict[str, Any]]) -> dict[str, tuple[float, bool, str]]:
 
 
 def test_targets_compare_with_the_faster_anchor_and_the_slower_ceiling(bench: Any) -> None:
-    found = verdicts(
-        bench.targets(
-            report(
-                4.4e6,
-                4.5e5,
-                4.3e5,
-                7.7e6,
-                5.2e6,
-                small_us=0.296,
-                large_us=0.279,
-                small_rss=1116,
-                large_rss=1183,
-            )
-        )
-    )
+    found = verdicts(bench.targets(report((4.4e6, 4.5e5, 4.3e5, 7.7e6, 5.2e6), (0.296, 0.279, 1116, 1183))))
     assert found[">= 5x the faster anchor"] == (
         pytest.approx(4.4e6 / 4.5e5, abs=1e-4),
         True,
@@ -80,32 +73,18 @@ def test_targets_compare_with_the_faster_anchor_and_the_slower_ceiling(bench: An
 def test_targets_report_misses(bench: Any) -> None:
     # 4.9x the faster anchor (predict_batch_udf here), 0.77x raw torch (the slower ceiling here), 1.30x the
     # cost per row at 1 M rows, and RSS that grew with the rows.
-    found = verdicts(
-        bench.targets(
-            report(
-                3.0e6,
-                5.0e5,
-                6.1e5,
-                3.9e6,
-                5.0e6,
-                small_us=0.39,
-                large_us=0.30,
-                small_rss=1000,
-                large_rss=2500,
-            )
-        )
-    )
+    found = verdicts(bench.targets(report((3.0e6, 5.0e5, 6.1e5, 3.9e6, 5.0e6), (0.39, 0.30, 1000, 2500))))
     assert found[">= 5x the faster anchor"][1:] == (False, "predict_batch_udf (noop sink)")
     assert found[">= 0.8x min(raw torch, JVM scan)"][1:] == (False, "raw torch (compute ceiling)")
     assert found["cost per row flat (+-20%)"][1] is False
     assert found["peak worker RSS flat (<= 1.1x)"][1] is False
     # cheaper at the small size counts too: flat means within 20% either way
-    cheaper = bench.targets(report(1, 1, 1, 1, 1, small_us=0.2, large_us=0.3, small_rss=1, large_rss=1))
+    cheaper = bench.targets(report((1, 1, 1, 1, 1), (0.2, 0.3, 1, 1)))
     assert verdicts(cheaper)["cost per row flat (+-20%)"][1] is False
 
 
 def test_targets_only_for_paths_that_ran(bench: Any) -> None:
-    partial = report(4e6, 4e5, 4e5, 8e6, 5e6)
+    partial = report((4e6, 4e5, 4e5, 8e6, 5e6))
     del partial["paths"]["mlflow spark_udf (noop sink)"], partial["paths"]["predict_batch_udf (noop sink)"]
     assert [t["target"] for t in bench.targets(partial)] == [">= 0.8x min(raw torch, JVM scan)"]
     assert bench.targets({"paths": {}}) == []
@@ -114,7 +93,7 @@ def test_targets_only_for_paths_that_ran(bench: Any) -> None:
 def test_the_ceiling_target_also_asks_it_of_the_same_round_pairs(bench: Any) -> None:
     # Best rounds say 0.96x, but ours and the scan paired round by round (main rounds, then the scaling
     # rounds at the main input's size; the 1 M-row pairs do not count) say 0.77x: not met.
-    flattering = report(5.0e6, 5e5, 5e5, 1e7, 5.2e6, small_us=0.24, large_us=0.21, small_rss=1, large_rss=1)
+    flattering = report((5.0e6, 5e5, 5e5, 1e7, 5.2e6), (0.24, 0.21, 1, 1))
     flattering["params"] = {"rows": 10_000_000}
     flattering["paths"]["ours (noop sink)"]["paired_ratios"] = {"JVM scan (I/O ceiling)": [0.99, 0.74]}
     flattering["scaling"][0]["paired_ratios"] = {"JVM scan @ 1,000,000 rows": [1.5, 1.5, 1.5, 1.5, 1.5]}
