@@ -376,6 +376,14 @@ def predict_batch_scores(
 
 
 RAW_TORCH = "raw torch (compute ceiling)"
+JVM_SCAN = "JVM scan (I/O ceiling)"
+OURS = "ours (noop sink)"
+TARGET_ROWS = 10_000_000  # the rows issue 4's targets are set for, and the default input
+
+
+def scan_at(rows: int) -> str:
+    """The scaling rounds' name of the JVM scan over ``rows`` rows."""
+    return f"JVM scan @ {rows:,} rows"
 
 
 def raw_torch(
@@ -412,7 +420,7 @@ def raw_torch(
 def main() -> int:
     global REPEATS, CPU_KERNELS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--rows", type=int, default=TARGET_ROWS)
     parser.add_argument(
         "--quick", action="store_true", help="1,000,000 rows, no scaling runs, 50,000 emb rows"
     )
@@ -492,7 +500,7 @@ def main() -> int:
     tab = tabular(spark, args, paths)
     report["paths"] = tab.paths
     sizes = [int(n) for n in args.scaling_rows.split(",") if n.strip()]
-    if sizes and "ours (noop sink)" in tab.paths:
+    if sizes and OURS in tab.paths:
         report["scaling"] = scaling(spark, args, sizes)
     if args.emb_rows > 0:
         print(
@@ -520,9 +528,8 @@ def main() -> int:
 # Issue 4's targets on the tabular workload (noop sink): ours >= 5x the faster of spark_udf and
 # predict_batch_udf, >= 0.8x the slower of raw torch and the JVM scan, cost per row flat within +-20% from
 # the smallest scaling size to the main input's, peak worker RSS not growing with the rows.
-OURS = "ours (noop sink)"
 ANCHORS = ("mlflow spark_udf (noop sink)", "predict_batch_udf (noop sink)")
-CEILINGS = (RAW_TORCH, "JVM scan (I/O ceiling)")
+CEILINGS = (RAW_TORCH, JVM_SCAN)
 ANCHOR_FACTOR = 5.0
 CEILING_FACTOR = 0.8
 COST_TOLERANCE = 0.2
@@ -547,6 +554,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         fastest = max(anchors, key=rate.__getitem__)
         ratio = rate[OURS] / rate[fastest]
         add(f">= {ANCHOR_FACTOR:g}x the faster anchor", ratio, ratio >= ANCHOR_FACTOR, fastest)
+    scaling = report.get("scaling") or []
     ceilings = [c for c in CEILINGS if c in rate]
     if ceilings:
         slowest = min(ceilings, key=rate.__getitem__)
@@ -554,10 +562,10 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         # The best rounds may come from different minutes of the VM, so the target also asks it of the
         # same-round pairs: the main rounds', and for the scan the scaling rounds' at the main input's size.
         pairs = list(paths[OURS].get("paired_ratios", {}).get(slowest, []))
-        if slowest == CEILINGS[1]:
-            for row in report.get("scaling") or []:
+        if slowest == JVM_SCAN:
+            for row in scaling:
                 if row["rows"] == report.get("params", {}).get("rows"):
-                    pairs += row.get("paired_ratios", {}).get(f"JVM scan @ {row['rows']:,} rows", [])
+                    pairs += row.get("paired_ratios", {}).get(scan_at(row["rows"]), [])
         holds, detail, more = ratio >= CEILING_FACTOR, slowest, {}
         if pairs:
             median = statistics.median(pairs)
@@ -565,9 +573,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             detail += f"; best rounds, and round by round median {median:.2f}x over {len(pairs)} pairs"
             more = {"paired_median": round(median, 4), "pairs": len(pairs)}
         add(f">= {CEILING_FACTOR:g}x min(raw torch, JVM scan)", ratio, holds, detail, **more)
-    rows = report.get("scaling") or []
-    if len(rows) >= 2:
-        small, large = rows[0], rows[-1]
+    if len(scaling) >= 2:
+        small, large = scaling[0], scaling[-1]
         sizes = f"{small['rows']:,} vs {large['rows']:,} rows"
         cost = small["us_per_row"] / large["us_per_row"]
         add(f"cost per row flat (+-{COST_TOLERANCE:.0%})", cost, abs(cost - 1) <= COST_TOLERANCE, sizes)
@@ -579,7 +586,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 def print_targets(found: list[dict[str, Any]], rows: int) -> None:
     if not found:
         return
-    note = "" if rows == 10_000_000 else f"; set for 10,000,000 rows, this run {rows:,}"
+    note = "" if rows == TARGET_ROWS else f"; set for {TARGET_ROWS:,} rows, this run {rows:,}"
     print(f"\ntargets (issue 4, 2 cores, noop sink{note}):")
     print("| target | measured | met |\n|---|---|---|")
     for t in found:
@@ -744,7 +751,7 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
 
     runners: dict[str, Callable[[], Any]] = {}
     if "ours" in paths:
-        runners["ours (noop sink)"] = ours_job(spark, cfg, model_uri, tracking)
+        runners[OURS] = ours_job(spark, cfg, model_uri, tracking)
     if "ours_delta" in paths:
         runners["ours (Delta out)"] = lambda: run(spark, cfg, DS)
     # The fast paths' rounds (seconds) each follow an untimed run of the same job, as the anchors' rounds
@@ -753,7 +760,7 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
     # bench records that job's time as ``warmup_seconds``; see :func:`warmup`).
     warmups: dict[str, Callable[[], Any]] = {}
     if runners:
-        warm = runners.get("ours (noop sink)") or ours_job(spark, cfg, model_uri, tracking)
+        warm = runners.get(OURS) or ours_job(spark, cfg, model_uri, tracking)
         warmups = {name: warm for name in runners}
     for name, scores in (
         ("spark_udf", lambda: spark_udf_scores(df, model_uri, cols, "double")),
@@ -772,20 +779,20 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
             runners[f"{label} (Delta out)"] = lambda sink=sink, scores=scores: sink(scores())
     if "jvm" in paths:
         expression = " + ".join(cols)
-        runners["JVM scan (I/O ceiling)"] = lambda: noop(df.selectExpr("key", f"{expression} AS s"))
-        warmups["JVM scan (I/O ceiling)"] = runners["JVM scan (I/O ceiling)"]
+        runners[JVM_SCAN] = lambda: noop(df.selectExpr("key", f"{expression} AS s"))
+        warmups[JVM_SCAN] = runners[JVM_SCAN]
     if "torch" in paths:
         runners[RAW_TORCH] = raw_torch(
             results, build_mlp(args.features), args.features, args.batch_size, 4_000_000
         )
     outputs = interleaved(results, runners, warmups)
-    if "ours (noop sink)" in outputs:
-        print_worker_stages(results.paths["ours (noop sink)"]["runtime"])
+    if OURS in outputs:
+        print_worker_stages(results.paths[OURS]["runtime"])
     written = {result.rows_scored for result in outputs.get("ours (Delta out)", [])}
     if written - {args.rows}:  # the 10 M-row edge case of the reliability guarantees, on every rerun
         raise SystemExit(f"ours (Delta out) committed {written} rows, expected {args.rows}")
-    results.table("ours (noop sink)")
-    paired_ratios(results, "ours (noop sink)", ("JVM scan (I/O ceiling)", RAW_TORCH))
+    results.table(OURS)
+    paired_ratios(results, OURS, (JVM_SCAN, RAW_TORCH))
     return results
 
 
@@ -855,25 +862,24 @@ def scaling(spark: Any, args: Any, sizes: list[int]) -> list[dict[str, Any]]:
         input_path = str(home / "bench" / f"input_{size}")
         ensure_input(spark, input_path, size, files, args.features)
         cfg = job_config("tabular", model_uri, input_path, args.batch_size, args.prefetch)
-        name = f"ours (noop sink) @ {size:,} rows"
+        name = f"{OURS} @ {size:,} rows"
         runners[name] = ours_job(spark, cfg, model_uri, tracking)
         warmups[name] = warm
         results.path_rows[name] = size
         df = spark.read.format("delta").load(input_path).where(f"ds = '{DS}'")
-        jvm = f"JVM scan @ {size:,} rows"
+        jvm = scan_at(size)
         runners[jvm] = lambda df=df: noop(df.selectExpr("key", f"{expression} AS s"))
         results.path_rows[jvm] = size
     runners["Spark job floor (empty mapInArrow)"] = spark_floor(spark)
     results.path_rows["Spark job floor (empty mapInArrow)"] = 0
     interleaved(results, runners, warmups, rounds=max(REPEATS, SHORT_ROUNDS))
     floor = results.paths.pop("Spark job floor (empty mapInArrow)")["seconds"]
-    main_size = f"{args.rows:,} rows"
-    paired_ratios(results, f"ours (noop sink) @ {main_size}", (f"JVM scan @ {main_size}",))
+    paired_ratios(results, f"{OURS} @ {args.rows:,} rows", (scan_at(args.rows),))
     rows = []
     for name, size in results.path_rows.items():
         if not name.startswith("ours"):
             continue
-        ours, jvm = results.paths[name], results.paths[f"JVM scan @ {size:,} rows"]
+        ours, jvm = results.paths[name], results.paths[scan_at(size)]
         rows.append(
             {
                 "rows": size,
@@ -937,7 +943,7 @@ def embeddings(spark: Any, args: Any) -> Results:
     interleaved(
         results,
         {
-            "ours (noop sink)": ours_job(spark, cfg, model_uri, tracking),
+            OURS: ours_job(spark, cfg, model_uri, tracking),
             "mlflow spark_udf (noop sink)": lambda: noop(
                 spark_udf_scores(df, model_uri, ["embedding"], "float")
             ),
@@ -947,7 +953,7 @@ def embeddings(spark: Any, args: Any) -> Results:
             RAW_TORCH: raw_torch(results, build_heavy_mlp(dim), dim, batch, 50_000),
         },
     )
-    results.table("ours (noop sink)")
+    results.table(OURS)
     return results
 
 
