@@ -273,8 +273,9 @@ REPEATS = 3  # rounds over the paths (--repeat); each path reports its fastest r
 WARMUP_FILES = 4  # files of the main input's file size in the untimed warm-up before our paths' rounds
 CPU_KERNELS = "onednn"  # model.cpu_kernels for our path and the raw-torch ceiling (--cpu-kernels)
 # Rounds of the scaling runs (every size, the main input's again, interleaved): a 1 M-row round lasts ~0.5 s,
-# so one slow second of this VM can spoil a whole round; five rounds cost ~40 s with their warm-ups.
-SHORT_ROUNDS = 5
+# so one slow second of this VM can spoil a whole round; nine rounds cost ~60 s with their warm-ups, and give
+# the same-round median of ours over the JVM scan eight pairs at the main size besides the main rounds'.
+SHORT_ROUNDS = 9
 
 
 class Results:
