@@ -382,6 +382,15 @@ OURS = "ours (noop sink)"
 TARGET_ROWS = 10_000_000  # the rows issue 4's targets are set for, and the default input
 
 
+# The anchors' paths by their --paths name; each runs into a noop sink and into Delta.
+ANCHOR_LABELS = {"spark_udf": "mlflow spark_udf", "predict_batch_udf": "predict_batch_udf"}
+
+
+def anchor(name: str, sink: str = "noop sink") -> str:
+    """An anchor's path name in the results, e.g. ``mlflow spark_udf (noop sink)``."""
+    return f"{ANCHOR_LABELS[name]} ({sink})"
+
+
 def scan_at(rows: int) -> str:
     """The scaling rounds' name of the JVM scan over ``rows`` rows."""
     return f"JVM scan @ {rows:,} rows"
@@ -529,7 +538,7 @@ def main() -> int:
 # Issue 4's targets on the tabular workload (noop sink): ours >= 5x the faster of spark_udf and
 # predict_batch_udf, >= 0.8x the slower of raw torch and the JVM scan, cost per row flat within +-20% from
 # the smallest scaling size to the main input's, peak worker RSS not growing with the rows.
-ANCHORS = ("mlflow spark_udf (noop sink)", "predict_batch_udf (noop sink)")
+ANCHORS = tuple(anchor(name) for name in ANCHOR_LABELS)
 CEILINGS = (RAW_TORCH, JVM_SCAN)
 ANCHOR_FACTOR = 5.0
 CEILING_FACTOR = 0.8
@@ -772,12 +781,11 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
             ),
         ),
     ):
-        label = "mlflow spark_udf" if name == "spark_udf" else name
         if name in paths:
-            runners[f"{label} (noop sink)"] = lambda scores=scores: noop(scores())
+            runners[anchor(name)] = lambda scores=scores: noop(scores())
         if f"{name}_delta" in paths:
             sink = delta_sink(str(home / "bench" / f"out_{name}"), lineage)
-            runners[f"{label} (Delta out)"] = lambda sink=sink, scores=scores: sink(scores())
+            runners[anchor(name, "Delta out")] = lambda sink=sink, scores=scores: sink(scores())
     if "jvm" in paths:
         expression = " + ".join(cols)
         runners[JVM_SCAN] = lambda: noop(df.selectExpr("key", f"{expression} AS s"))
@@ -945,10 +953,8 @@ def embeddings(spark: Any, args: Any) -> Results:
         results,
         {
             OURS: ours_job(spark, cfg, model_uri, tracking),
-            "mlflow spark_udf (noop sink)": lambda: noop(
-                spark_udf_scores(df, model_uri, ["embedding"], "float")
-            ),
-            "predict_batch_udf (noop sink)": lambda: noop(
+            anchor("spark_udf"): lambda: noop(spark_udf_scores(df, model_uri, ["embedding"], "float")),
+            anchor("predict_batch_udf"): lambda: noop(
                 predict_batch_scores(df, model_uri, tracking, F.col("embedding"), width=dim, batch_size=batch)
             ),
             RAW_TORCH: raw_torch(results, build_heavy_mlp(dim), dim, batch, 50_000),
