@@ -379,6 +379,8 @@ def predict_batch_scores(
 RAW_TORCH = "raw torch (compute ceiling)"
 JVM_SCAN = "JVM scan (I/O ceiling)"
 OURS = "ours (noop sink)"
+OURS_DELTA = "ours (Delta out)"
+SPARK_FLOOR = "Spark job floor (empty mapInArrow)"
 TARGET_ROWS = 10_000_000  # the rows issue 4's targets are set for, and the default input
 
 
@@ -763,7 +765,7 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
     if "ours" in paths:
         runners[OURS] = ours_job(spark, cfg, model_uri, tracking)
     if "ours_delta" in paths:
-        runners["ours (Delta out)"] = lambda: run(spark, cfg, DS)
+        runners[OURS_DELTA] = lambda: run(spark, cfg, DS)
     # The fast paths' rounds (seconds) each follow an untimed run of the same job, as the anchors' rounds
     # (minutes, back to back in their own workers) follow each other: Spark stops our workers while the
     # anchors run, and on this VM a restarted worker's first large job pays ~1-2 s of page faults (the
@@ -797,9 +799,9 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
     outputs = interleaved(results, runners, warmups)
     if OURS in outputs:
         print_worker_stages(results.paths[OURS]["runtime"])
-    written = {result.rows_scored for result in outputs.get("ours (Delta out)", [])}
+    written = {result.rows_scored for result in outputs.get(OURS_DELTA, [])}
     if written - {args.rows}:  # the 10 M-row edge case of the reliability guarantees, on every rerun
-        raise SystemExit(f"ours (Delta out) committed {written} rows, expected {args.rows}")
+        raise SystemExit(f"{OURS_DELTA} committed {written} rows, expected {args.rows}")
     results.table(OURS)
     paired_ratios(results, OURS, (JVM_SCAN, RAW_TORCH))
     return results
@@ -879,10 +881,10 @@ def scaling(spark: Any, args: Any, sizes: list[int]) -> list[dict[str, Any]]:
         jvm = scan_at(size)
         runners[jvm] = lambda df=df: noop(df.selectExpr("key", f"{expression} AS s"))
         results.path_rows[jvm] = size
-    runners["Spark job floor (empty mapInArrow)"] = spark_floor(spark)
-    results.path_rows["Spark job floor (empty mapInArrow)"] = 0
+    runners[SPARK_FLOOR] = spark_floor(spark)
+    results.path_rows[SPARK_FLOOR] = 0
     interleaved(results, runners, warmups, rounds=max(REPEATS, SHORT_ROUNDS))
-    floor = results.paths.pop("Spark job floor (empty mapInArrow)")["seconds"]
+    floor = results.paths.pop(SPARK_FLOOR)["seconds"]
     paired_ratios(results, f"{OURS} @ {args.rows:,} rows", (scan_at(args.rows),))
     rows = []
     for name, size in results.path_rows.items():
