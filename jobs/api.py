@@ -14,7 +14,7 @@ in ``$BATCHSCORE_HOME``; ``MLFLOW_TRACKING_URI`` when set).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from jobs.compare import Comparison
@@ -77,7 +77,10 @@ def _resolve(
         }
     )
     target = tracking_target(cfg.mlflow)
-    return cfg, [resolve_model(uri, target.tracking_uri, target.registry_uri) for uri in model_uris]
+    return cfg, [
+        resolve_model(uri, target.tracking_uri, target.registry_uri, timeout_s=target.timeout_s)
+        for uri in model_uris
+    ]
 
 
 def score(
@@ -107,7 +110,8 @@ def score(
         tracking_uri=tracking_uri,
         registry_uri=registry_uri,
     )
-    plan = build_plan(resolved, cfg, df.columns, check_columns=False)
+    # Every column passes through, as a key would; none of them is a key whose nulls make a row invalid.
+    plan = replace(build_plan(resolved, cfg, df.columns, check_columns=False), key_columns=())
     check_input_schema(df, resolved, plan, cfg)
     return transform(df, resolved.ref, plan, Lineage.for_model(resolved.ref, f"notebook-{uuid.uuid4().hex}"))
 
@@ -147,6 +151,7 @@ def compare(
         registry_uri=registry_uri,
     )
     plan, first, second = pair_plan(champion, challenger, cfg, challenger_uri, df.columns)
+    plan = replace(plan, key_columns=())
     check_input_schema(df, champion, first, cfg)
     check_input_schema(df, challenger, second, cfg)
     scored = transform(df, champion.ref, plan, None).where(F.col(REASON_COLUMN).isNull())

@@ -170,6 +170,18 @@ class MlflowSection(StrictModel):
     experiment: str = "batchscore"
     artifact_location: str | None = Field(None, description="for a new experiment; default: home/mlartifacts")
     log_run: bool = True
+    timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="the longest a job waits on an MLflow server that fails or does not answer, retries "
+        "included, before it stops with an error naming the HTTP failure",
+    )
+    stale_run_hours: float = Field(
+        24.0,
+        gt=0,
+        description="a run of the same job and ds still RUNNING after this long was abandoned by a killed "
+        "job (one from a process gone on this host is ended at once): the next run marks it KILLED",
+    )
 
 
 class SparkSection(StrictModel):

@@ -41,3 +41,11 @@ class InvalidInputError(BatchscoreError, ValueError):
 
 class ExecutorError(BatchscoreError, RuntimeError):
     """A task failed on an executor for a reason meant for the user (e.g. the model failed to load)."""
+
+
+class ConcurrentWriteError(BatchscoreError, RuntimeError):
+    """Another job committed to the same table or partition while this one wrote it; nothing was committed."""
+
+
+class RegistryError(BatchscoreError, RuntimeError):
+    """The MLflow tracking or registry server failed (an HTTP error, an overloaded or wrong server)."""

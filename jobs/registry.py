@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.errors import ModelResolutionError, SignatureError
+from jobs.errors import ModelResolutionError, RegistryError, SignatureError
+from jobs.mlflow_http import bound_client_retries, check_server, shown_uri
 from udfs.spec import ModelRef, OutputField, OutputKind
 
 log = logging.getLogger(__name__)
@@ -32,32 +33,18 @@ class ResolvedModel:
     flavors: tuple[str, ...]
 
 
-def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
-    """Fail fast, naming the server, when an HTTP tracking/registry URI does not answer (MLflow's own client
-    would retry for minutes before saying anything)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    import requests
-
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https"):
-        return
-    shown = urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))  # no credentials
-    if parts.port:
-        shown = shown.replace(parts.hostname or "", f"{parts.hostname}:{parts.port}", 1)
-    try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
-    except requests.RequestException as exc:
-        raise ModelResolutionError(
-            f"cannot reach the MLflow server at {shown} ({type(exc).__name__}); expected a running "
-            "tracking/registry server there (mlflow.tracking_uri / mlflow.registry_uri in the job config)"
-        ) from None
-
-
 def _client(tracking_uri: str, registry_uri: str) -> Any:
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+
+
+def _registry_failure(exc: Any, registry_uri: str, action: str) -> RegistryError:
+    """A registry call that failed for another reason than a missing model, as one line."""
+    first = " ".join(str(getattr(exc, "message", exc)).split())[:300]
+    return RegistryError(
+        f"the MLflow registry at {shown_uri(registry_uri)} failed to {action} ({exc.error_code}): {first}"
+    )
 
 
 def _pin_registered(client: Any, uri: str, registry_uri: str) -> Any:
@@ -75,7 +62,9 @@ def _pin_registered(client: Any, uri: str, registry_uri: str) -> Any:
     try:
         registered = client.get_registered_model(name)
     except MlflowException as exc:
-        raise ModelResolutionError(f"model {name!r} is not registered in {registry_uri}") from exc
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise _registry_failure(exc, registry_uri, f"look up model {name!r}") from None
+        raise ModelResolutionError(f"model {name!r} is not registered in {shown_uri(registry_uri)}") from None
     try:
         if alias_match:
             return client.get_model_version_by_alias(name, alias_match.group("alias"))
@@ -83,24 +72,29 @@ def _pin_registered(client: Any, uri: str, registry_uri: str) -> Any:
         if version == "latest":
             versions = client.search_model_versions(f"name='{name}'")
             if not versions:
-                raise ModelResolutionError(f"model {name!r} has no versions in {registry_uri}")
+                raise ModelResolutionError(f"model {name!r} has no versions in {shown_uri(registry_uri)}")
             return max(versions, key=lambda v: int(v.version))
         return client.get_model_version(name, version)
     except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise _registry_failure(exc, registry_uri, f"resolve {uri!r}") from None
         aliases = sorted(getattr(registered, "aliases", {}) or {})
         raise ModelResolutionError(
-            f"{uri!r} does not exist in {registry_uri}; model {name!r} has aliases {aliases}"
-        ) from exc
+            f"{uri!r} does not exist in {shown_uri(registry_uri)}; model {name!r} has aliases {aliases}"
+        ) from None
 
 
-def resolve_model(uri: str, tracking_uri: str, registry_uri: str | None = None) -> ResolvedModel:
+def resolve_model(
+    uri: str, tracking_uri: str, registry_uri: str | None = None, *, timeout_s: float = 60.0
+) -> ResolvedModel:
     """Pin ``uri`` to a concrete model version (or run artifact) and read its MLmodel metadata."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     registry_uri = registry_uri or tracking_uri
-    for server in dict.fromkeys((tracking_uri, registry_uri)):
-        check_reachable(server)
+    bound_client_retries(timeout_s)
+    for server, key in {tracking_uri: "mlflow.tracking_uri", registry_uri: "mlflow.registry_uri"}.items():
+        check_server(server, timeout_s, key)
     client = _client(tracking_uri, registry_uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(registry_uri)
@@ -114,7 +108,11 @@ def resolve_model(uri: str, tracking_uri: str, registry_uri: str | None = None) 
         try:
             client.get_run(run_id)
         except MlflowException as exc:
-            raise ModelResolutionError(f"run {run_id!r} does not exist in {tracking_uri}") from exc
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise _registry_failure(exc, tracking_uri, f"look up run {run_id!r}") from None
+            raise ModelResolutionError(
+                f"run {run_id!r} does not exist in {shown_uri(tracking_uri)}"
+            ) from None
         artifact_uri = uri
     else:
         model_version = _pin_registered(client, uri, registry_uri)

@@ -39,6 +39,7 @@ from jobs.errors import (
 )
 from jobs.file_scan import FileScan, local_snapshot, open_input, partition_uris, plan_file_scan
 from jobs.home import resolve_location
+from jobs.names import check_job_names
 from jobs.registry import (
     ResolvedModel,
     output_fields,
@@ -52,11 +53,13 @@ from jobs.tables import (
     TableInput,
     committed_rows,
     frame_of,
+    partition_of,
     read_table,
     table_exists,
+    validate_ds,
     write_idempotent,
 )
-from jobs.tracking import job_run, tracking_target
+from jobs.tracking import job_run, quiet_mlflow, tracking_target
 from udfs.file_reader import make_file_scorer
 from udfs.scorer import make_arrow_scorer
 from udfs.spec import ModelRef, OutputField, ScoringPlan, arrow_batch_rows
@@ -121,7 +124,7 @@ def build_plan(
     """Decide the feature, pass-through and prediction columns, checking the input has what they need
     (``check_columns=False`` leaves that to :func:`jobs.schema_check.check_input_schema`, which also checks
     types and reports every problem at once)."""
-    features = tuple(cfg.input.feature_columns or signature_input_names(resolved))
+    features = feature_columns(resolved, cfg.input.feature_columns)
     if not features:
         raise SchemaMismatchError(
             f"model {resolved.ref.load_uri} has no column-based input signature; "
@@ -154,8 +157,38 @@ def build_plan(
         prefetch=cfg.model.prefetch,
         on_invalid=cfg.quality.on_invalid,
         raw_columns=_unique([*cfg.output.key_columns, *features]),
+        key_columns=tuple(cfg.output.key_columns),
+        # torch modules take float32 tensors (features_to_numpy); pyfunc models take the columns as read.
+        input_dtype="float32" if resolved.ref.flavor == "pytorch" else None,
         fault=os.environ.get("BATCHSCORE_FAULT") or None,
     )
+
+
+def feature_columns(resolved: ResolvedModel, configured: Sequence[str] | None) -> tuple[str, ...]:
+    """The feature columns in the order the model takes them.
+
+    A column-based signature names its inputs, and MLflow matches columns by name: configured
+    ``input.feature_columns`` must be the same names (in any order) and are fed in the signature's order;
+    other names are refused, since feeding them by position would score silently wrong. Without names
+    (a tensor signature, or none) the configured order is the order the model gets.
+    """
+    names = signature_input_names(resolved)
+    if not configured or not names:
+        return tuple(configured or names)
+    if len(set(configured)) != len(configured):
+        duplicated = sorted({c for c in configured if list(configured).count(c) > 1})
+        raise SchemaMismatchError(f"input.feature_columns names {duplicated} more than once")
+    missing = [n for n in names if n not in configured]
+    unexpected = [c for c in configured if c not in names]
+    if missing or unexpected:
+        raise SchemaMismatchError(
+            f"input.feature_columns do not match the input signature of model {resolved.ref.load_uri}, "
+            f"which takes columns by name: missing {missing}, not in the signature {unexpected}; expected "
+            f"the names {list(names)} (in any order) or no input.feature_columns"
+        )
+    if tuple(configured) != names:
+        log.info("input.feature_columns matched to the model's signature by name: %s", ", ".join(names))
+    return names
 
 
 CHALLENGER_SUFFIX = "__challenger"
@@ -190,6 +223,7 @@ def pair_plan(
             replace(second.outputs[0], name=first.outputs[0].name + CHALLENGER_SUFFIX),
         ),
         raw_columns=_unique([*first.raw_columns, *second.raw_columns]),
+        input_dtype=first.input_dtype or second.input_dtype,
         pair=((champion.ref, first), (challenger.ref, second)),
     )
     return combined, first, second
@@ -341,6 +375,7 @@ def transform_files(
     in_python = replace(
         sized_for(schema, plan),
         passthrough_columns=tuple(c for c in plan.passthrough_columns if c not in scan.constants),
+        key_columns=tuple(c for c in plan.key_columns if c not in scan.constants),
     )
     scorer = make_file_scorer(ref, in_python, list(scan.file_columns), groups, stats)
     scored = tasks.mapInArrow(scorer, _output_schema(schema, in_python))
@@ -442,11 +477,16 @@ def partition_files(df: DataFrame | TableInput, section: Any, ds: str) -> tuple[
     snapshot = df.snapshot if isinstance(df, TableInput) else None
     if snapshot is None:
         snapshot, _ = local_snapshot(section)  # a local Delta table: listed from its log, in milliseconds
-    listed = partition_uris(snapshot, section.partition_column, ds) if snapshot is not None else None
-    files = tuple(frame_of(df).inputFiles()) if listed is None else listed
+    column = section.partition_column
+    listed = partition_uris(snapshot, column, ds) if snapshot is not None else None
+    if listed is not None:
+        files = listed
+    elif section.format == "parquet" and column is not None:  # Spark lists every file of a Parquet input
+        files = partition_of(frame_of(df).inputFiles(), column, ds)
+    else:
+        files = tuple(frame_of(df).inputFiles())
     if files:
         return files
-    column = section.partition_column
     if snapshot is not None:
         found = sorted({str(v) for f in snapshot.files if (v := f.partition_values.get(column)) is not None})
     else:
@@ -471,20 +511,27 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
     """
     from pyspark.sql import functions as F
 
-    started = time.perf_counter()
-    target = tracking_target(cfg.mlflow)
-    resolved = resolve_model(cfg.model.uri, target.tracking_uri, target.registry_uri)
-    ref = resolved.ref
-    log.info("model %s pinned to %s (run %s)", ref.requested_uri, ref.load_uri, ref.run_id)
+    check_job_names(cfg)  # every name and path before any work, under the config key that gave it
+    if ds is not None:
+        validate_ds(ds)
     if ds is not None and cfg.output.partition_column is None:
         raise TableLocationError(
             f"output {cfg.output.describe()}: --ds was given but output.partition_column is not set; "
             "a nightly run must replace one partition, not the whole table"
         )
+    started = time.perf_counter()
+    target = tracking_target(cfg.mlflow)
+    resolved = resolve_model(
+        cfg.model.uri, target.tracking_uri, target.registry_uri, timeout_s=target.timeout_s
+    )
+    ref = resolved.ref
+    log.info("model %s pinned to %s (run %s)", ref.requested_uri, ref.load_uri, ref.run_id)
     df = open_input(spark, cfg.input, ds)
     challenger = None
     if cfg.canary is not None:  # both models score every row; the entity's variant picks the score
-        challenger = resolve_model(cfg.canary.challenger_uri, target.tracking_uri, target.registry_uri)
+        challenger = resolve_model(
+            cfg.canary.challenger_uri, target.tracking_uri, target.registry_uri, timeout_s=target.timeout_s
+        )
         plan, first, second = pair_plan(resolved, challenger, cfg, cfg.canary.challenger_uri, df.columns)
         check_input_schema(df, resolved, first, cfg)
         check_input_schema(df, challenger, second, cfg)
@@ -549,7 +596,7 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
                 stats_columns=stats_columns,
                 merge_schema=challenger is not None,  # enabling a canary adds the `variant` column
             )
-        rows = committed_rows(spark, cfg.output, tracker.run_id)
+        rows = committed_rows(spark, cfg.output, tracker.run_id, ds)
         duration = time.perf_counter() - started
         runtime = summary_metrics(stats.value) if stats is not None else {}
         runtime["invalid_rows"] = float(invalid)  # from the count, not the accumulator (retries add twice)
@@ -562,7 +609,12 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sc
             {"rows_scored": rows, "duration_s": duration, "rows_per_s": result.rows_per_s, **runtime}
         )
     if rows == 0 and invalid == 0:
-        log.warning("partition %s of %s had no rows; wrote an empty partition", ds, cfg.input.describe())
+        log.warning(
+            "partition %s of %s had no rows; the output partition is empty (a rerun that finds it empty "
+            "changes nothing)",
+            ds,
+            cfg.input.describe(),
+        )
     if invalid:
         log.warning("%d invalid row(s) written to quarantine %s", invalid, quarantine.describe())
     log.info("scored %d rows in %.1f s (%.0f rows/s)", rows, duration, result.rows_per_s)
@@ -678,6 +730,7 @@ def configure_logging(level: str = "INFO") -> None:
     for noisy in ("py4j", "urllib3", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     redact.install()  # secrets from the environment and URL credentials never reach the log
+    quiet_mlflow()
 
 
 def run_job(
@@ -706,9 +759,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result is None:
         return 2
     print(
-        f"scored {result.rows_scored} rows with {result.model_uri} (version {result.model_version}) "
-        f"into {result.output} in {result.duration_s:.1f} s; {result.invalid_rows} invalid row(s) "
-        f"quarantined; job run {result.job_run_id}"
+        redact.redact(
+            f"scored {result.rows_scored} rows with {result.model_uri} (version {result.model_version}) "
+            f"into {result.output} in {result.duration_s:.1f} s; {result.invalid_rows} invalid row(s) "
+            f"quarantined; job run {result.job_run_id}"
+        )
     )
     return 0
 

@@ -31,6 +31,7 @@ from jobs.config import ScoringJobConfig
 from jobs.errors import TableLocationError
 from jobs.file_scan import open_input
 from jobs.home import batchscore_home, resolve_location
+from jobs.names import check_job_names
 from jobs.registry import resolve_model
 from jobs.report import write_markdown, write_plots
 from jobs.schema_check import check_input_schema
@@ -134,9 +135,16 @@ def run(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None = None) -> Sh
         raise TableLocationError(f"job {cfg.name!r} has no 'shadow' section; the shadow job needs one")
     shadow = cfg.shadow
     started = time.perf_counter()
+    check_job_names(cfg)  # every name and path before any work, under the config key that gave it
+    if ds is not None:
+        validate_ds(ds)
     target = tracking_target(cfg.mlflow)
-    champion = resolve_model(cfg.model.uri, target.tracking_uri, target.registry_uri)
-    challenger = resolve_model(shadow.challenger_uri, target.tracking_uri, target.registry_uri)
+    champion = resolve_model(
+        cfg.model.uri, target.tracking_uri, target.registry_uri, timeout_s=target.timeout_s
+    )
+    challenger = resolve_model(
+        shadow.challenger_uri, target.tracking_uri, target.registry_uri, timeout_s=target.timeout_s
+    )
     log.info("champion %s -> %s; challenger %s -> %s", cfg.model.uri, champion.ref.load_uri,
              shadow.challenger_uri, challenger.ref.load_uri)  # fmt: skip
     df = open_input(spark, cfg.input, ds)

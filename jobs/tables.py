@@ -9,8 +9,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from jobs.errors import SchemaMismatchError, TableLocationError
+from jobs.errors import ConcurrentWriteError, SchemaMismatchError, TableLocationError
 from jobs.home import resolve_location
+from jobs.names import COLUMN_NAME, TABLE_NAME
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -20,19 +21,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# catalog.schema.table, each part a plain identifier: nothing that could close a quote or start SQL.
-_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
-_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
 
 def validate_table_name(name: str) -> str:
-    if not _TABLE_NAME.match(name):
+    if not TABLE_NAME.match(name):
         raise TableLocationError(f"expected a table name like [catalog.][schema.]table, found {name!r}")
     return name
 
 
 def validate_column(name: str) -> str:
-    if not _COLUMN.match(name):
+    if not COLUMN_NAME.match(name):
         raise TableLocationError(f"expected a column name of letters, digits and '_', found {name!r}")
     return name
 
@@ -87,7 +84,32 @@ def read_input(spark: SparkSession, section: InputSection, ds: str | None) -> Da
     column = check_partition_column(section, ds, df.columns)
     if column is not None:
         df = df.where(F.col(column) == F.lit(ds))
-    return df
+    return _partition_as_string(df, section)
+
+
+def _partition_as_string(df: DataFrame, section: InputSection) -> DataFrame:
+    """A Parquet input's partition column as the string its directory names hold (``ds=2026-01-05``).
+
+    Spark infers a type for Parquet partition values (a date here); a Delta table declares one. So that
+    the output's partition column does not depend on the input's format, an inferred type is undone.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    column = section.partition_column
+    if section.format != "parquet" or column is None or column not in df.columns:
+        return df
+    kind = df.schema[column].dataType
+    if isinstance(kind, T.StringType):
+        return df
+    value = F.date_format(column, "yyyy-MM-dd") if isinstance(kind, T.DateType) else F.col(column)
+    return df.withColumn(column, value.cast("string"))
+
+
+def partition_of(files: Sequence[str], column: str, ds: str) -> tuple[str, ...]:
+    """The files of Hive-style partition ``column=ds`` (``…/ds=2026-01-05/part-0.parquet``)."""
+    segment = f"/{column}={ds}/"
+    return tuple(f for f in files if segment in f)
 
 
 class TableInput:
@@ -134,6 +156,16 @@ class TableInput:
 def frame_of(df: DataFrame | TableInput) -> DataFrame:
     """The DataFrame of a job input or of a DataFrame (itself)."""
     return df.frame if isinstance(df, TableInput) else df
+
+
+def sql_target(section: TableSection) -> str:
+    """The table of ``section`` as SQL names it: its catalog name, or ``delta.`<path>```."""
+    if section.table is not None:
+        return validate_table_name(section.table)
+    location = resolve_location(section.path or "")
+    if "`" in location:
+        raise TableLocationError(f"expected a table path without backticks, found {location!r}")
+    return f"delta.`{location}`"
 
 
 def table_exists(spark: SparkSession, section: TableSection) -> bool:
@@ -186,9 +218,11 @@ def write_idempotent(
     ``userMetadata`` so the job can find its own commit in the table history.
 
     A table this creates collects file statistics on ``stats_columns`` only
-    (``delta.dataSkippingStatsColumns``; Delta ignores the option for an existing table): statistics on every
-    column, Delta's default, made the write cost ~40% more for lineage columns no query can skip on.
-    Rows are written unsorted (:func:`unsorted_partition_writes`).
+    (``delta.dataSkippingStatsColumns``): statistics on every column, Delta's default, made the write cost
+    ~40% more for lineage columns no query can skip on. Rows are written unsorted
+    (:func:`unsorted_partition_writes`). A commit that conflicts with another job's is a
+    :class:`~jobs.errors.ConcurrentWriteError`, with nothing of this write committed; one that lost the
+    race to create a new table is written again into the table the other job created.
     """
     column = section.partition_column
     if ds is not None and column is None:
@@ -196,10 +230,11 @@ def write_idempotent(
             f"output {section.describe()}: --ds was given but output.partition_column is not set; "
             "refusing to overwrite the whole table with one partition's rows"
         )
+    new_table = not table_exists(df.sparkSession, section)
     writer = df.write.format("delta").mode("overwrite").option("userMetadata", commit_tag)
     if merge_schema:
         writer = writer.option("mergeSchema", "true")
-    if stats_columns:
+    if stats_columns and new_table:  # Delta reads the option only when it creates the table
         names = ",".join(validate_column(c) for c in stats_columns)
         writer = writer.option("delta.dataSkippingStatsColumns", names)
     if column is not None:
@@ -208,24 +243,75 @@ def write_idempotent(
             writer = writer.option("replaceWhere", f"`{column}` = '{validate_ds(ds)}'")
         else:
             writer = writer.option("partitionOverwriteMode", "dynamic")
-    with unsorted_partition_writes(df.sparkSession):
-        if section.table is not None:
-            writer.saveAsTable(validate_table_name(section.table))
-        else:
-            assert section.path is not None
-            writer.save(resolve_location(section.path))
+    where = f" partition {column}={ds} of" if ds is not None else ""
+    with (
+        unsorted_partition_writes(df.sparkSession),
+        concurrent_writes_refused(f"{where} {section.describe()}"),
+    ):
+        try:
+            _save(writer, section)
+        except Exception as exc:
+            # Two jobs writing their first partitions of a new table at once both try to create it in
+            # their data commit, and one loses (ProtocolChangedException) with nothing committed. Its
+            # partition is another one, so writing it again into the table the other job made is safe.
+            if not (new_table and _CONFLICT.search(str(exc)) and table_exists(df.sparkSession, section)):
+                raise
+            log.info("%s was created by a concurrent job; writing%s it again", section.describe(), where)
+            _save(writer, section)
 
 
-def committed_rows(spark: SparkSession, section: TableSection, commit_tag: str) -> int:
-    """Rows written by the commit tagged ``commit_tag`` (Delta's own ``numOutputRows``), without a rescan."""
-    from delta.tables import DeltaTable
-
+def _save(writer: Any, section: TableSection) -> None:
     if section.table is not None:
-        table = DeltaTable.forName(spark, section.table)
+        writer.saveAsTable(validate_table_name(section.table))
     else:
         assert section.path is not None
-        table = DeltaTable.forPath(spark, resolve_location(section.path))
-    for row in table.history(20).select("userMetadata", "operationMetrics").collect():
-        if row["userMetadata"] == commit_tag:
-            return int((row["operationMetrics"] or {}).get("numOutputRows", 0))
-    raise RuntimeError(f"no commit tagged {commit_tag!r} in the last 20 versions of {section.describe()}")
+        writer.save(resolve_location(section.path))
+
+
+# Delta's optimistic concurrency control: another transaction committed something this one conflicts with.
+_CONFLICT = re.compile(
+    r"(Concurrent(Append|DeleteRead|DeleteDelete|Transaction|Write)Exception|ProtocolChangedException|"
+    r"MetadataChangedException|DELTA_CONCURRENT_\w+|DELTA_PROTOCOL_CHANGED|DELTA_METADATA_CHANGED)"
+)
+
+
+def _conflict_message(where: str, exc: BaseException) -> str:
+    found = _CONFLICT.search(str(exc))
+    kind = found.group(1) if found else type(exc).__name__
+    return (
+        f"another job committed to{where} while this run was writing it ({kind}); this run's rows were "
+        "not committed there. Rerun the job once the other has finished: a rerun replaces the partition "
+        "exactly"
+    )
+
+
+@contextmanager
+def concurrent_writes_refused(where: str) -> Iterator[None]:
+    """A Delta write that lost a race to a concurrent commit, as one :class:`ConcurrentWriteError`."""
+    try:
+        yield
+    except Exception as exc:
+        if not _CONFLICT.search(str(exc)):
+            raise
+        raise ConcurrentWriteError(_conflict_message(where, exc)) from None
+
+
+def committed_rows(spark: SparkSession, section: TableSection, commit_tag: str, ds: str | None = None) -> int:
+    """Rows written by the commit tagged ``commit_tag`` (Delta's own ``numOutputRows``, without a rescan).
+
+    A replace of an empty partition by no rows makes no commit at all: then, or when the tagged commit is
+    no longer among the last :data:`HISTORY_DEPTH` (busy concurrent writers), the rows of ``ds`` that carry
+    the tag as their ``job_run_id`` are counted instead.
+    """
+    from pyspark.sql import functions as F
+
+    history = spark.sql(f"DESCRIBE HISTORY {sql_target(section)} LIMIT {HISTORY_DEPTH}")
+    for row in history.where(F.col("userMetadata") == F.lit(commit_tag)).select("operationMetrics").collect():
+        return int((row["operationMetrics"] or {}).get("numOutputRows", 0))
+    rows = read_table(spark, section).where(F.col("job_run_id") == F.lit(commit_tag))
+    if ds is not None and section.partition_column:
+        rows = rows.where(F.col(section.partition_column) == F.lit(ds))
+    return int(rows.count())
+
+
+HISTORY_DEPTH = 50

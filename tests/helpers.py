@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,3 +63,63 @@ def score_partition(
     scored = transform(df, resolved.ref, plan, Lineage.for_model(resolved.ref, "job-1")).toPandas()
     source = partition.toPandas().set_index("transaction_id").loc[scored["transaction_id"]].reset_index()
     return scored, source
+
+
+def with_sections(cfg: ScoringJobConfig, **sections: dict[str, Any]) -> ScoringJobConfig:
+    """``cfg`` with some keys of some sections replaced, validated again."""
+    document = cfg.model_dump()
+    for section, values in sections.items():
+        document[section] = {**(document.get(section) or {}), **values}
+    return ScoringJobConfig.model_validate(document)
+
+
+def partition_frame(spark: Any, input_path: str, ds: str) -> pd.DataFrame:
+    return spark.read.format("delta").load(input_path).where(f"ds = '{ds}'").toPandas()
+
+
+def write_input(spark: Any, frame: pd.DataFrame, path: Path) -> str:
+    spark.createDataFrame(frame).write.format("delta").mode("overwrite").partitionBy("ds").save(str(path))
+    return str(path)
+
+
+def with_bad_rows(
+    spark: Any, input_path: str, tmp_path: Path, bad: dict[int, tuple[str, float | None]], ds: str
+) -> str:
+    """The ds partition of the demo input with feature values replaced in the given rows (by position in
+    transaction_id order); done in Spark so NaN stays NaN (pandas would turn it into null)."""
+    from pyspark.sql import functions as F
+
+    df = spark.read.format("delta").load(input_path).where(f"ds = '{ds}'")
+    ids = [r[0] for r in df.select("transaction_id").orderBy("transaction_id").collect()]
+    for row, (column, value) in bad.items():
+        replacement = F.lit(value).cast("double")
+        df = df.withColumn(
+            column, F.when(F.col("transaction_id") == ids[row], replacement).otherwise(F.col(column))
+        )
+    path = tmp_path / "input"
+    df.write.format("delta").mode("overwrite").partitionBy("ds").save(str(path))
+    return str(path)
+
+
+def register_test_model(tracking_uri: str, model: Any, name: str) -> str:
+    """Register a torch module of :mod:`tests.rejecting_model` (pickled by value, so workers load it
+    without importing ``tests``) with the fraud signature; returns its ``models:/name/version`` URI."""
+    import cloudpickle
+    import mlflow
+    import mlflow.pytorch
+
+    import tests.rejecting_model as module
+    from jobs.demo import fraud_signature
+
+    cloudpickle.register_pickle_by_value(module)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("tests")
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=fraud_signature(),
+            registered_model_name=name,
+            serialization_format="pickle",
+        )
+    return f"models:/{name}/{info.registered_model_version}"

@@ -1,4 +1,4 @@
-"""A torch model that rejects rows: it raises on any feature whose magnitude is above 1e6.
+"""Torch models with bad behaviour on some rows: one raises on features above 1e6, one overflows.
 
 Registered by value (cloudpickle) so that Spark's Python workers load it without importing ``tests``.
 """
@@ -17,3 +17,16 @@ class RejectsLargeValues(torch.nn.Module):
         if bool((x.abs() > 1e6).any()):
             raise ValueError("feature out of range (|x| > 1e6)")
         return torch.sigmoid(self.linear(x))
+
+
+class OverflowsOnLargeFirstFeature(torch.nn.Module):
+    """A model whose own arithmetic overflows: NaN for rows whose first feature is above ~88.7
+    (``exp`` is infinite in float32 there, and inf - inf is NaN); in-range rows get a plain score."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grow = torch.exp(x[:, :1])
+        return torch.sigmoid(self.linear(x)) + (grow - grow)

@@ -8,7 +8,6 @@ import logging
 import math
 import threading
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,43 +25,18 @@ from jobs.errors import (
 )
 from jobs.score import run
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
-from tests.helpers import assert_close, job_config, reference_scores
+from tests.helpers import (
+    assert_close,
+    job_config,
+    partition_frame,
+    reference_scores,
+    register_test_model,
+    with_bad_rows,
+    with_sections,
+    write_input,
+)
 
 DS = DATES[0]
-
-
-def _config(cfg: ScoringJobConfig, **sections: dict[str, Any]) -> ScoringJobConfig:
-    """``cfg`` with some keys of some sections replaced, validated again."""
-    document = cfg.model_dump()
-    for section, values in sections.items():
-        document[section] = {**(document.get(section) or {}), **values}
-    return ScoringJobConfig.model_validate(document)
-
-
-def _partition_frame(spark, input_path: str, ds: str = DS):
-    return spark.read.format("delta").load(input_path).where(f"ds = '{ds}'").toPandas()
-
-
-def _write_input(spark, frame, path: Path) -> str:
-    spark.createDataFrame(frame).write.format("delta").mode("overwrite").partitionBy("ds").save(str(path))
-    return str(path)
-
-
-def _with_bad_rows(spark, input_path: str, tmp_path: Path, bad: dict[int, tuple[str, float | None]]) -> str:
-    """The DS partition of the demo input with feature values replaced in the given rows (by position in
-    transaction_id order); done in Spark so NaN stays NaN (pandas would turn it into null)."""
-    from pyspark.sql import functions as F
-
-    df = spark.read.format("delta").load(input_path).where(f"ds = '{DS}'")
-    ids = [r[0] for r in df.select("transaction_id").orderBy("transaction_id").collect()]
-    for row, (column, value) in bad.items():
-        replacement = F.lit(value).cast("double")
-        df = df.withColumn(
-            column, F.when(F.col("transaction_id") == ids[row], replacement).otherwise(F.col(column))
-        )
-    path = tmp_path / "input"
-    df.write.format("delta").mode("overwrite").partitionBy("ds").save(str(path))
-    return str(path)
 
 
 def _latest_version(spark, path: str) -> int:
@@ -77,7 +51,7 @@ def test_schema_check_lists_every_offending_column_and_writes_nothing(
     df = spark.read.format("delta").load(input_path).where(f"ds = '{DS}'")
     bad = df.drop("f2").withColumn("f1", F.col("f1").cast("string")).withColumn("junk", F.lit(1))
     bad.write.format("delta").partitionBy("ds").save(str(tmp_path / "input"))
-    cfg = _config(
+    cfg = with_sections(
         job_config(str(tmp_path / "input"), str(tmp_path / "out")), input={"allow_extra_columns": False}
     )
     with pytest.raises(SchemaMismatchError) as err:
@@ -96,11 +70,11 @@ def test_invalid_rows_go_to_quarantine_and_valid_rows_are_scored(
     from mlflow import MlflowClient
 
     bad = {3: ("f0", None), 10: ("f5", math.nan), 20: ("f15", math.inf)}  # 3 of 400 rows: 0.75% <= 1%
-    path = _with_bad_rows(spark, input_path, tmp_path, bad)
+    path = with_bad_rows(spark, input_path, tmp_path, bad, DS)
     out = tmp_path / "out"
     result = run(spark, job_config(path, str(out)), DS)
 
-    frame = _partition_frame(spark, path).sort_values("transaction_id").reset_index(drop=True)
+    frame = partition_frame(spark, path, DS).sort_values("transaction_id").reset_index(drop=True)
     bad_ids = {int(frame.loc[row, "transaction_id"]) for row in bad}
     assert result.rows_scored == ROWS_PER_DAY - 3 and result.invalid_rows == 3
     scored = spark.read.format("delta").load(str(out)).toPandas().sort_values("transaction_id")
@@ -135,12 +109,12 @@ def test_too_many_invalid_rows_fail_and_leave_both_tables_as_they_were(
     spark, registry: Registry, input_path: str, tmp_path: Path
 ) -> None:
     out = str(tmp_path / "out")
-    run(spark, job_config(_with_bad_rows(spark, input_path, tmp_path / "a", {1: ("f1", None)}), out), DS)
+    run(spark, job_config(with_bad_rows(spark, input_path, tmp_path / "a", {1: ("f1", None)}, DS), out), DS)
     versions = (_latest_version(spark, out), _latest_version(spark, f"{out}_quarantine"))
     before = spark.read.format("delta").load(out).toPandas()
 
     bad = {row: ("f2", math.nan) for row in range(0, 40, 4)}  # 10 of 400 = 2.5% > 1%
-    path = _with_bad_rows(spark, input_path, tmp_path / "b", bad)
+    path = with_bad_rows(spark, input_path, tmp_path / "b", bad, DS)
     with pytest.raises(InvalidInputError, match=r"10 of 400 input rows \(2\.50%\) are invalid.*f2: NaN"):
         run(spark, job_config(path, out), DS)
     assert (_latest_version(spark, out), _latest_version(spark, f"{out}_quarantine")) == versions
@@ -151,16 +125,16 @@ def test_too_many_invalid_rows_fail_and_leave_both_tables_as_they_were(
         .equals(before.sort_values("transaction_id").reset_index(drop=True))
     )
     # The limit is the job's to choose.
-    relaxed = _config(job_config(path, out), quality={"max_invalid_fraction": 0.05})
+    relaxed = with_sections(job_config(path, out), quality={"max_invalid_fraction": 0.05})
     assert run(spark, relaxed, DS).invalid_rows == 10
 
 
 def test_on_invalid_fail_names_the_row_and_writes_nothing(
     spark, registry: Registry, input_path: str, tmp_path: Path
 ) -> None:
-    path = _with_bad_rows(spark, input_path, tmp_path, {7: ("f9", None)})
-    frame = _partition_frame(spark, path).sort_values("transaction_id").reset_index(drop=True)
-    cfg = _config(job_config(path, str(tmp_path / "out")), quality={"on_invalid": "fail"})
+    path = with_bad_rows(spark, input_path, tmp_path, {7: ("f9", None)}, DS)
+    frame = partition_frame(spark, path, DS).sort_values("transaction_id").reset_index(drop=True)
+    cfg = with_sections(job_config(path, str(tmp_path / "out")), quality={"on_invalid": "fail"})
     with pytest.raises(InvalidInputError) as err:
         run(spark, cfg, DS)
     message = str(err.value)
@@ -171,39 +145,17 @@ def test_on_invalid_fail_names_the_row_and_writes_nothing(
 
 def _register_rejecting_model(registry: Registry) -> str:
     """A torch model that raises on any feature above 1e6: the rows it rejects are data, not a bug."""
-    import cloudpickle
-    import mlflow
-    import mlflow.pytorch
-    import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
     import tests.rejecting_model as module
 
-    cloudpickle.register_pickle_by_value(module)
-    mlflow.set_tracking_uri(registry.tracking_uri)
-    torch.manual_seed(3)
-    signature = ModelSignature(
-        Schema([ColSpec("double", f) for f in FEATURES]), Schema([ColSpec("double", "fraud_score")])
-    )
-    mlflow.set_experiment("tests")
-    with mlflow.start_run():
-        info = mlflow.pytorch.log_model(
-            module.RejectsLargeValues(len(FEATURES)),
-            name="model",
-            signature=signature,
-            registered_model_name="rejecting",
-            serialization_format="pickle",
-        )
-    return f"models:/rejecting/{info.registered_model_version}"
+    return register_test_model(registry.tracking_uri, module.RejectsLargeValues(len(FEATURES)), "rejecting")
 
 
 def test_rows_the_model_rejects_are_quarantined(
     spark, registry: Registry, input_path: str, tmp_path: Path
 ) -> None:
     uri = _register_rejecting_model(registry)
-    path = _with_bad_rows(spark, input_path, tmp_path, {5: ("f3", 1e9), 300: ("f8", -5e7)})
-    frame = _partition_frame(spark, path).sort_values("transaction_id").reset_index(drop=True)
+    path = with_bad_rows(spark, input_path, tmp_path, {5: ("f3", 1e9), 300: ("f8", -5e7)}, DS)
+    frame = partition_frame(spark, path, DS).sort_values("transaction_id").reset_index(drop=True)
     out = tmp_path / "out"
     result = run(spark, job_config(path, str(out), uri=uri, batch_size=64), DS)
     assert result.invalid_rows == 2 and result.rows_scored == ROWS_PER_DAY - 2
@@ -245,7 +197,7 @@ def test_clear_errors_for_missing_input_and_unreachable_mlflow(
 
     with pytest.raises(TableLocationError, match=r"expected an existing delta table, found none"):
         run(spark, job_config(str(tmp_path / "nowhere"), str(tmp_path / "out")), DS)
-    cfg = _config(
+    cfg = with_sections(
         job_config(input_path, str(tmp_path / "out")),
         mlflow={"tracking_uri": "http://scorer:hunter2@127.0.0.1:9"},
     )
@@ -265,7 +217,9 @@ def test_empty_partition_scores_zero_rows(spark, registry: Registry, tmp_path: P
     partition = tmp_path / "input" / "ds=2026-01-05"
     partition.mkdir(parents=True)
     pq.write_table(schema.empty_table(), partition / "part-0.parquet")
-    cfg = _config(job_config(str(tmp_path / "input"), str(tmp_path / "out")), input={"format": "parquet"})
+    cfg = with_sections(
+        job_config(str(tmp_path / "input"), str(tmp_path / "out")), input={"format": "parquet"}
+    )
     result = run(spark, cfg, "2026-01-05")
     assert result.rows_scored == 0 and result.invalid_rows == 0
     assert spark.read.format("delta").load(str(tmp_path / "out")).count() == 0
@@ -275,10 +229,10 @@ def test_empty_partition_scores_zero_rows(spark, registry: Registry, tmp_path: P
 def test_one_row_and_one_row_partitions(
     spark, registry: Registry, input_path: str, tmp_path: Path, read_mode: str
 ) -> None:
-    frame = _partition_frame(spark, input_path).sort_values("transaction_id").head(5)
+    frame = partition_frame(spark, input_path, DS).sort_values("transaction_id").head(5)
     one = tmp_path / "one"
-    _write_input(spark, frame.head(1), one)
-    cfg = _config(
+    write_input(spark, frame.head(1), one)
+    cfg = with_sections(
         job_config(str(one), str(tmp_path / "out1"), batch_size=1000), input={"read_mode": read_mode}
     )
     assert run(spark, cfg, DS).rows_scored == 1
@@ -287,7 +241,7 @@ def test_one_row_and_one_row_partitions(
         one_row = spark.createDataFrame(frame.iloc[i : i + 1])
         one_row.write.format("delta").mode("append").partitionBy("ds").save(str(tmp_path / "five"))
     assert len(list((tmp_path / "five").rglob("*.parquet"))) == 5
-    cfg = _config(
+    cfg = with_sections(
         job_config(str(tmp_path / "five"), str(tmp_path / "out5"), batch_size=100_000),
         input={"read_mode": read_mode},
     )

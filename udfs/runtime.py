@@ -38,6 +38,7 @@ from udfs.validation import (
     INVALID_TYPE,
     InvalidRowsError,
     find_invalid,
+    has_nulls,
     raw_rows_json,
     worker_error,
 )
@@ -166,28 +167,39 @@ class ScoringLoop:
         """Validate, then decode the valid rows (in the prefetch thread). A clean batch is decoded once
         and proven valid on the decoded buffer; only otherwise is each column checked row by row."""
         started = time.perf_counter()
-        inputs = self.predictor.decode_if_valid(batch)
+        plan = self.plan
+        inputs = None if has_nulls(batch, plan.key_columns) else self.predictor.decode_if_valid(batch)
         if inputs is not None:
             return batch, inputs, None, time.perf_counter() - started
         rejected: Rejected | None = None
-        invalid = find_invalid(batch, self.plan.feature_columns, self.plan.row_shape)
+        invalid = find_invalid(
+            batch,
+            plan.feature_columns,
+            plan.row_shape,
+            key_columns=plan.key_columns,
+            input_dtype=plan.input_dtype,
+        )
         if invalid:
             if self.plan.on_invalid == "fail":
-                row, reason = next(iter(invalid.items()))
-                raise InvalidRowsError(
-                    worker_error(
-                        "invalid_rows",
-                        f"{len(invalid)} invalid row(s) in a batch of {batch.num_rows}; first: "
-                        f"{raw_rows_json(batch, [row], self.plan.raw_columns)[0]}: {reason} "
-                        "(input.on_invalid is fail; quarantine sends such rows to the quarantine table)",
-                    )
-                )
+                raise self.invalid_rows_error(batch, invalid)
             rejected = (batch, invalid)
             keep = np.ones(batch.num_rows, dtype=bool)
             keep[list(invalid)] = False
             batch = batch.filter(pa.array(keep))
         inputs = self.predictor.decode(batch) if batch.num_rows else None
         return batch, inputs, rejected, time.perf_counter() - started
+
+    def invalid_rows_error(self, batch: pa.RecordBatch, invalid: dict[int, str]) -> InvalidRowsError:
+        """The task's error under ``on_invalid: fail``, naming the first invalid row and its reason."""
+        row, reason = next(iter(invalid.items()))
+        return InvalidRowsError(
+            worker_error(
+                "invalid_rows",
+                f"{len(invalid)} invalid row(s) in a batch of {batch.num_rows}; first: "
+                f"{raw_rows_json(batch, [row], self.plan.raw_columns)[0]}: {reason} "
+                "(quality.on_invalid is fail; quarantine sends such rows to the quarantine table)",
+            )
+        )
 
     def compute(self, inputs: Any, rows: int) -> ModelOutput:
         """Run the model over ``rows`` decoded rows, ``batch_size`` rows per call (an Arrow batch holds a
@@ -249,6 +261,21 @@ class ScoringLoop:
         self.stats["invalid_rows"] += len(rows)
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
+    def emit(self, batch: pa.RecordBatch, output: ModelOutput) -> Iterator[pa.RecordBatch]:
+        """The scored rows of ``batch``; rows for which the model returned NaN or infinity are invalid (a
+        published score must be a number): quarantined, or the task fails under ``on_invalid: fail``."""
+        invalid = non_finite_rows(output, self.plan)
+        if not invalid:
+            yield self.encode(batch, output)
+            return
+        if not self._quarantining():
+            raise self.invalid_rows_error(batch, invalid)
+        keep = np.ones(batch.num_rows, dtype=bool)
+        keep[list(invalid)] = False
+        if keep.any():
+            yield self.encode(batch.filter(pa.array(keep)), _take(output, keep))
+        yield self.encode_invalid(batch, invalid)
+
     def isolate_rejected(self, batch: pa.RecordBatch, error: Exception) -> Iterator[pa.RecordBatch]:
         """The model raised on ``batch``: bisect it, score the parts it accepts, quarantine single rows it
         rejects. When it rejects every row, the model (not the data) is at fault: ``error`` is raised."""
@@ -277,7 +304,7 @@ class ScoringLoop:
         if not accepted and batch.num_rows > 1:
             raise error
         for part, output in accepted:
-            yield self.encode(part, output)
+            yield from self.emit(part, output)
         if rejected:
             log.warning("the model rejected %d of %d rows; quarantined", len(rejected), batch.num_rows)
             yield self.encode_invalid(batch, rejected)
@@ -300,15 +327,58 @@ class ScoringLoop:
                 yield from self.isolate_rejected(batch, exc)
                 continue
             computed = time.perf_counter()
-            scored = self.encode(batch, output)
+            scored = list(self.emit(batch, output))
             record_batch(
                 self.stats, batch.num_rows, decode_s, computed - started, time.perf_counter() - computed
             )
-            yield scored
+            yield from scored
             inject_fault(self.plan.fault)
 
 
 Rejected = tuple[pa.RecordBatch, dict[int, str]]
+
+
+def _output_arrays(output: ModelOutput, plan: ScoringPlan) -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
+    """(output column name, values) of each float array a model output holds."""
+    if isinstance(output, np.ndarray):
+        named: list[tuple[str, Any]] = [
+            (plan.outputs[0].name if len(plan.outputs) == 1 else "output", output)
+        ]
+    elif isinstance(output, dict):
+        named = list(output.items())
+    else:
+        names = [o.name for o in plan.outputs]
+        named = [(names[i] if i < len(names) else f"output {i}", v) for i, v in enumerate(output)]
+    for name, values in named:
+        array = np.asarray(values)
+        if array.dtype.kind == "f":
+            yield name, array
+
+
+def non_finite_rows(output: ModelOutput, plan: ScoringPlan) -> dict[int, str]:
+    """Row index -> reason for the rows whose outputs hold NaN or infinity (one sum per output when none
+    do, which is the common case)."""
+    reasons: dict[int, list[str]] = {}
+    for name, array in _output_arrays(output, plan):
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(array.sum(dtype=np.float64)):
+                continue
+        flat = array.reshape(array.shape[0], -1) if array.ndim else array.reshape(1, 1)
+        for row in np.flatnonzero(~np.isfinite(flat).all(axis=1)):
+            value = flat[row][~np.isfinite(flat[row])][0]
+            kind = "NaN" if np.isnan(value) else "infinite"
+            reasons.setdefault(int(row), []).append(f"model output {name}: {kind}")
+    return {row: "; ".join(found) for row, found in sorted(reasons.items())}
+
+
+def _take(output: ModelOutput, keep: np.ndarray[Any, Any]) -> ModelOutput:
+    """The rows of a model output (array, dict or list of arrays) where ``keep`` is true."""
+    if isinstance(output, np.ndarray):
+        taken: np.ndarray[Any, Any] = output[keep]
+        return taken
+    if isinstance(output, dict):
+        return {k: np.asarray(v)[keep] for k, v in output.items()}
+    return [np.asarray(v)[keep] for v in output]
 
 
 def inject_fault(fault: str | None) -> None:

@@ -84,6 +84,10 @@ class ScoringPlan:
     prefetch: int = 2  # decoded batches kept ready ahead of the model
     on_invalid: Literal["quarantine", "fail"] = "quarantine"  # what a row the model cannot take does
     raw_columns: tuple[str, ...] = ()  # columns of an invalid row kept as JSON (keys and features)
+    key_columns: tuple[str, ...] = ()  # output keys the worker sees: a row with a null key is invalid
+    # The float dtype the model computes in ("float32" for torch): a finite input beyond its range would
+    # reach the model as infinity, so such a row is invalid. None: values are given to the model as read.
+    input_dtype: str | None = None
     fault: str | None = None  # tests only: BATCHSCORE_FAULT on the driver, e.g. "fail_first_attempt"
     # Shadow mode: (champion, challenger), each with its own plan; both resident in the worker, each
     # batch decoded once (shared when the models take the same tensor) and scored by both. ``outputs``
