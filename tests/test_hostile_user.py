@@ -376,3 +376,115 @@ def test_an_overloaded_or_wrong_registry_fails_in_bounded_time_naming_the_http_f
     assert elapsed < 30, elapsed
     if status == 503:
         assert "retrying in" in text  # the wait is logged, not silent
+
+
+def test_runs_left_running_by_killed_jobs_are_marked_killed_by_the_next_run(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    import os
+    import socket
+    import subprocess
+    import time
+
+    from mlflow import MlflowClient
+
+    from jobs.tracking import HOST, PID, RUN_KEY, ensure_experiment
+
+    cfg = with_sections(job_config(input_path, str(tmp_path / "out")), mlflow={"experiment": "abandoned"})
+    client = MlflowClient(registry.tracking_uri)
+    experiment = ensure_experiment(cfg.mlflow)
+    key = f"{cfg.name}-{DS}"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    here = socket.gethostname()
+    old_ms = int((time.time() - 30 * 3600) * 1000)
+
+    def running(tags: dict[str, str], start_time: int | None = None) -> str:
+        return client.create_run(experiment, start_time=start_time, tags={RUN_KEY: key, **tags}).info.run_id
+
+    killed_here = running({HOST: here, PID: str(gone.pid)})  # its process is gone
+    stale_elsewhere = running({HOST: "other-node", PID: "1"}, start_time=old_ms)  # 30 h old, elsewhere
+    live_here = running({HOST: here, PID: str(os.getpid())})  # a live process: left alone
+    recent_elsewhere = running({HOST: "other-node", PID: "1"})  # may still be running there
+    other_partition = client.create_run(
+        experiment, tags={RUN_KEY: f"{cfg.name}-{DATES[0]}", HOST: here, PID: str(gone.pid)}
+    ).info.run_id
+
+    result = run(spark, cfg, DS)
+    status = {r: client.get_run(r).info.status for r in (killed_here, stale_elsewhere, live_here,
+                                                          recent_elsewhere, other_partition)}  # fmt: skip
+    assert status == {
+        killed_here: "KILLED",
+        stale_elsewhere: "KILLED",
+        live_here: "RUNNING",
+        recent_elsewhere: "RUNNING",
+        other_partition: "RUNNING",
+    }
+    assert client.get_run(result.job_run_id).info.status == "FINISHED"
+    assert client.get_run(result.job_run_id).data.tags[RUN_KEY] == key
+
+
+@pytest.fixture
+def mlflow_server(registry: Registry, home: Path, tmp_path: Path):
+    """A real ``mlflow server`` on loopback over the test registry's SQLite store."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mlflow = Path(sys.executable).with_name("mlflow")
+    log = (tmp_path / "mlflow-server.log").open("w")
+    server = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", registry.tracking_uri, "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                pytest.fail(f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()}")
+            time.sleep(0.5)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.slow
+def test_credentials_in_the_tracking_uri_never_reach_stdout_or_stderr(
+    spark, registry: Registry, input_path: str, tmp_path: Path, mlflow_server: int
+) -> None:
+    """A real job process against a real MLflow server whose URI carries a password, given through
+    ${ENV} in the config: neither MLflow's own links nor our lines show it."""
+    import os
+    import subprocess
+    import sys
+
+    secret = "s3cret-Pw-4411"
+    cfg = with_sections(
+        job_config(input_path, str(tmp_path / "out")),
+        mlflow={"tracking_uri": "http://scorer:${SCORING_MLFLOW_PASSWORD}@127.0.0.1:" + str(mlflow_server)},
+    )
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("batchscore")), "score", "--config", _config_file(tmp_path, cfg),
+         "--ds", DS],
+        env={**os.environ, "SCORING_MLFLOW_PASSWORD": secret},
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"scored {ROWS_PER_DAY} rows" in proc.stdout
+    assert secret not in proc.stdout and secret not in proc.stderr
+    assert "View run" not in proc.stdout  # MLflow's own link line, which carried the password
+    assert f"http://127.0.0.1:{mlflow_server}/#/experiments/" in proc.stderr  # ours, without it
