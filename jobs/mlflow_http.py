@@ -109,3 +109,10 @@ def check_server(uri: str, timeout_s: float = 60.0, key: str = "mlflow.tracking_
         )
         time.sleep(delay)
         delay = min(delay * 2, 16.0)
+
+
+def check_servers(tracking_uri: str, registry_uri: str, timeout_s: float) -> None:
+    """Bound MLflow's retries to ``timeout_s`` and :func:`check_server` the tracking and registry URIs."""
+    bound_client_retries(timeout_s)
+    for server, key in {tracking_uri: "mlflow.tracking_uri", registry_uri: "mlflow.registry_uri"}.items():
+        check_server(server, timeout_s, key)

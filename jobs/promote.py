@@ -20,6 +20,7 @@ from typing import Any
 
 from jobs.config import ScoringJobConfig, load_job_config
 from jobs.errors import BatchscoreError
+from jobs.mlflow_http import check_servers
 from jobs.score import configure_logging
 from jobs.tracking import tracking_target
 
@@ -45,6 +46,7 @@ def _client(cfg: ScoringJobConfig) -> Any:
     from mlflow import MlflowClient
 
     target = tracking_target(cfg.mlflow)
+    check_servers(target.tracking_uri, target.registry_uri, target.timeout_s)
     return MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.registry_uri)
 
 

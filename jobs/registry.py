@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.errors import ModelResolutionError, RegistryError, SignatureError
-from jobs.mlflow_http import bound_client_retries, check_server, shown_uri
+from jobs.mlflow_http import check_servers, shown_uri
 from udfs.spec import ModelRef, OutputField, OutputKind
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,7 @@ def resolve_model(
     from mlflow.exceptions import MlflowException
 
     registry_uri = registry_uri or tracking_uri
-    bound_client_retries(timeout_s)
-    for server, key in {tracking_uri: "mlflow.tracking_uri", registry_uri: "mlflow.registry_uri"}.items():
-        check_server(server, timeout_s, key)
+    check_servers(tracking_uri, registry_uri, timeout_s)
     client = _client(tracking_uri, registry_uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(registry_uri)

@@ -61,19 +61,20 @@ def features_to_numpy(
     """
     blocks = [block for name in columns for block in _column_blocks(batch.column(name), name)]
     rows = batch.num_rows
-    if len(blocks) == 1:
-        out = np.ascontiguousarray(blocks[0], dtype=np.float32)
-    else:
-        # Filled feature by feature: in the default column-major buffer each Arrow column is one sequential
-        # write (10x faster than strided writes into a row-major one), and torch's matmuls consume the
-        # (rows, features) view without a copy; row-major for kernels that read rows (oneDNN's).
-        out = np.empty(
-            (rows, sum(b.shape[1] for b in blocks)), dtype=np.float32, order="C" if row_major else "F"
-        )
-        offset = 0
-        for block in blocks:
-            out[:, offset : offset + block.shape[1]] = block
-            offset += block.shape[1]
+    with np.errstate(over="ignore"):  # a double beyond float32 becomes inf: the row checks name it
+        if len(blocks) == 1:
+            out = np.ascontiguousarray(blocks[0], dtype=np.float32)
+        else:
+            # Filled feature by feature: in the default column-major buffer each Arrow column is one
+            # sequential write (10x faster than strided writes into a row-major one), and torch's matmuls
+            # consume the (rows, features) view without a copy; row-major for kernels that read rows.
+            out = np.empty(
+                (rows, sum(b.shape[1] for b in blocks)), dtype=np.float32, order="C" if row_major else "F"
+            )
+            offset = 0
+            for block in blocks:
+                out[:, offset : offset + block.shape[1]] = block
+                offset += block.shape[1]
     if row_shape and tuple(out.shape[1:]) != tuple(row_shape):
         width = int(np.prod(row_shape))
         if out.shape[1] != width:
