@@ -285,15 +285,27 @@ def _conflict_message(where: str, exc: BaseException) -> str:
     )
 
 
+# Delta refusing rows whose schema or partitioning differs from the existing table's.
+_SCHEMA_REFUSED = re.compile(r"\[(DELTA_[A-Z_]*MISMATCH[A-Z_]*|DELTA_FAILED_TO_MERGE_FIELDS)\]")
+
+
 @contextmanager
 def concurrent_writes_refused(where: str) -> Iterator[None]:
-    """A Delta write that lost a race to a concurrent commit, as one :class:`ConcurrentWriteError`."""
+    """A Delta write that lost a race to a concurrent commit, as one :class:`ConcurrentWriteError`; one
+    that the existing table refuses for its schema, as one :class:`SchemaMismatchError`."""
     try:
         yield
     except Exception as exc:
-        if not _CONFLICT.search(str(exc)):
+        if _CONFLICT.search(str(exc)):
+            raise ConcurrentWriteError(_conflict_message(where, exc)) from None
+        refused = _SCHEMA_REFUSED.search(str(exc))
+        if refused is None:
             raise
-        raise ConcurrentWriteError(_conflict_message(where, exc)) from None
+        first = " ".join(str(exc)[refused.start() :].split("\n")[0].split())[:400]
+        raise SchemaMismatchError(
+            f"writing{where}: the existing table does not take this run's columns, nothing was committed: "
+            f"{first}. Expected the table this job wrote before; point the job at a new table, or migrate it"
+        ) from None
 
 
 def committed_rows(spark: SparkSession, section: TableSection, commit_tag: str, ds: str | None = None) -> int:

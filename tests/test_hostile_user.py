@@ -488,3 +488,20 @@ def test_credentials_in_the_tracking_uri_never_reach_stdout_or_stderr(
     assert secret not in proc.stdout and secret not in proc.stderr
     assert "View run" not in proc.stdout  # MLflow's own link line, which carried the password
     assert f"http://127.0.0.1:{mlflow_server}/#/experiments/" in proc.stderr  # ours, without it
+
+
+def test_an_existing_output_with_other_columns_is_refused_in_one_line(
+    spark, registry: Registry, input_path: str, tmp_path: Path, capfd
+) -> None:
+    from delta.tables import DeltaTable
+
+    out = str(tmp_path / "out")
+    spark.createDataFrame([("a", 1, DS)], "transaction_id string, other int, ds string").write.format(
+        "delta"
+    ).partitionBy("ds").save(out)
+    cfg = with_sections(job_config(input_path, out), quality={"on_invalid": "fail"})
+    rc, text = _cli(capfd, "score", "--config", _config_file(tmp_path, cfg), "--ds", DS)
+    assert rc == 2, text
+    ours = [line for line in text.splitlines() if "ERROR batchscore" in line]
+    assert len(ours) == 1 and "does not take this run's columns, nothing was committed" in ours[0], text
+    assert DeltaTable.forPath(spark, out).history().count() == 1
