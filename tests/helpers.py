@@ -106,20 +106,11 @@ def register_test_model(tracking_uri: str, model: Any, name: str) -> str:
     without importing ``tests``) with the fraud signature; returns its ``models:/name/version`` URI."""
     import cloudpickle
     import mlflow
-    import mlflow.pytorch
 
     import tests.rejecting_model as module
-    from jobs.demo import fraud_signature
+    from jobs.demo import log_and_register
 
     cloudpickle.register_pickle_by_value(module)
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment("tests")
-    with mlflow.start_run():
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=fraud_signature(),
-            registered_model_name=name,
-            serialization_format="pickle",
-        )
-    return f"models:/{name}/{info.registered_model_version}"
+    experiment = mlflow.set_experiment("tests")
+    return f"models:/{name}/{log_and_register(model, name, experiment.experiment_id, name)}"
