@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 from jobs.delta_log import Snapshot, UnsupportedLogError, read_snapshot
 from jobs.errors import TableLocationError
 from jobs.home import resolve_location
-from jobs.tables import TableInput, frame_of, validate_table_name
+from jobs.tables import TableInput, frame_of, sql_target
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -74,14 +74,7 @@ class FileScan:
 
 
 def _table_detail(spark: SparkSession, section: InputSection) -> dict[str, Any]:
-    if section.table is not None:
-        target = validate_table_name(section.table)
-    else:
-        location = resolve_location(section.path or "")
-        if "`" in location:
-            raise TableLocationError(f"input path must not contain a backtick, found {location!r}")
-        target = f"delta.`{location}`"
-    detail: dict[str, Any] = spark.sql(f"DESCRIBE DETAIL {target}").collect()[0].asDict()
+    detail: dict[str, Any] = spark.sql(f"DESCRIBE DETAIL {sql_target(section)}").collect()[0].asDict()
     return detail
 
 
