@@ -410,8 +410,8 @@ def raw_torch(
     import numpy as np
     import torch
 
-    from udfs.device import keep_heap_resident
-    from udfs.predictors import cpu_forward
+    from udfs.cpu_kernels import cpu_forward
+    from udfs.worker_memory import keep_heap_resident
 
     rows = results.path_rows[RAW_TORCH] = min(results.rows, sample_rows)
     keep_heap_resident()

@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -160,7 +159,6 @@ def build_plan(
         key_columns=tuple(cfg.output.key_columns),
         # torch modules take float32 tensors (features_to_numpy); pyfunc models take the columns as read.
         input_dtype="float32" if resolved.ref.flavor == "pytorch" else None,
-        fault=os.environ.get("BATCHSCORE_FAULT") or None,
     )
 
 

@@ -1,9 +1,11 @@
-"""Torch models with bad behaviour on some rows: one raises on features above 1e6, one overflows.
+"""Torch models with bad behaviour: one raises on features above 1e6, one overflows, one is slow.
 
 Registered by value (cloudpickle) so that Spark's Python workers load it without importing ``tests``.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -30,3 +32,16 @@ class OverflowsOnLargeFirstFeature(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grow = torch.exp(x[:, :1])
         return torch.sigmoid(self.linear(x)) + (grow - grow)
+
+
+class SleepsEachCall(torch.nn.Module):
+    """A plain score that takes ``seconds`` longer per model call: keeps a run scoring for a while."""
+
+    def __init__(self, features: int, seconds: float) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(features, 1)
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return torch.sigmoid(self.linear(x))

@@ -1,7 +1,8 @@
 """Faults in real processes: a task whose first attempt fails, and a job killed with SIGKILL mid-write.
 
 Both run the job through ``batchscore submit`` (spark-submit: its own driver JVM, Python driver and
-workers) with the test-only switch ``BATCHSCORE_FAULT``, and read the result back from Delta here.
+workers) with a fault injected by ``tests/faults/sitecustomize.py`` (:func:`_with_fault`), and read the
+result back from Delta here.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def _job_yaml(tmp_path: Path, input_path: str, output_path: str, **model: object
     return path
 
 
+def _with_fault(fault: str) -> dict[str, str]:
+    """A job process's environment with ``fault`` injected into its scoring loops (tests/faults)."""
+    path = os.pathsep.join(p for p in (str(ROOT / "tests" / "faults"), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "BATCHSCORE_FAULT": fault}
+
+
 def _keys(spark, path: str, ds: str) -> list[int]:
     rows = spark.read.format("delta").load(path).where(f"ds = '{ds}'").select("transaction_id").collect()
     return sorted(r[0] for r in rows)
@@ -54,7 +61,7 @@ def test_a_task_failing_its_first_attempt_is_retried_without_duplicates_or_gaps(
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "BATCHSCORE_FAULT": "fail_first_attempt"},
+        env=_with_fault("fail_first_attempt"),
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -91,7 +98,7 @@ def test_kill_9_mid_write_leaves_the_previous_version_and_a_rerun_completes(
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "BATCHSCORE_FAULT": "slow:0.3"},
+        env=_with_fault("slow:0.3"),
         start_new_session=True,  # one process group: spark-submit, its JVM, the Python driver and workers
     )
     deadline = time.monotonic() + 300

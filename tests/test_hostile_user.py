@@ -242,16 +242,18 @@ def test_two_first_runs_into_a_new_table_both_commit(
 
 
 def test_two_runs_of_one_partition_at_once_commit_or_say_so(
-    spark, registry: Registry, input_path: str, tmp_path: Path, monkeypatch
+    spark, registry: Registry, input_path: str, tmp_path: Path
 ) -> None:
     """Two runs of the same ds at once: each commits (the last one's rows stand) or fails in one line
     naming the table and what to do; never a duplicate row."""
+    import tests.rejecting_model as module
     from jobs.errors import ConcurrentWriteError
 
     out = str(tmp_path / "out")
     run(spark, job_config(input_path, out), DS)
-    monkeypatch.setenv("BATCHSCORE_FAULT", "slow:0.2")  # both runs are scoring when either writes
-    cfg = job_config(input_path, out, batch_size=64)
+    # 0.2 s a model call of 64 rows: both runs are scoring when either writes.
+    slow = register_test_model(registry.tracking_uri, module.SleepsEachCall(len(FEATURES), 0.2), "slow")
+    cfg = job_config(input_path, out, batch_size=64, uri=slow)
     errors = _concurrently(lambda: run(spark, cfg, DS), lambda: run(spark, cfg, DS))
     assert all(isinstance(e, ConcurrentWriteError) for e in errors), errors
     for error in errors:

@@ -76,7 +76,7 @@ def _arrow_refault_probe() -> Callable[[object], tuple[str | None, list[int]]]:
         import numpy as np
         import pyarrow as pa
 
-        from udfs.device import use_arrow_pool
+        from udfs.worker_memory import use_arrow_pool
 
         use_arrow_pool()
         faults = []
@@ -98,7 +98,7 @@ def test_workers_reuse_freed_arrow_pages_instead_of_faulting_them_in_again(spark
     from pyspark import cloudpickle
 
     from jobs.config import load_spark_profile
-    from udfs.device import ARROW_JEMALLOC_CONF
+    from udfs.worker_memory import ARROW_JEMALLOC_CONF
 
     probe = _arrow_refault_probe()
     [(conf, faults)] = spark.sparkContext.parallelize([0], 1).map(probe).collect()

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
-from udfs.device import ARROW_JEMALLOC_CONF
+from udfs.worker_memory import ARROW_JEMALLOC_CONF
 
 ROOT = Path(__file__).resolve().parent.parent
 

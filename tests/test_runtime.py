@@ -16,11 +16,13 @@ import pytest
 import torch
 
 from udfs.arrow_tensor import features_to_numpy
-from udfs.device import ARROW_POOL, DeviceChoice, TaskResources, choose_device
-from udfs.predictors import TorchPredictor, cpu_forward, onednn_forward, sequential_forward
+from udfs.cpu_kernels import cpu_forward, onednn_forward, sequential_forward
+from udfs.device import DeviceChoice, TaskResources, choose_device
+from udfs.predictors import TorchPredictor
 from udfs.runtime import ModelOutOfMemoryError, ScoringLoop, prefetch, rebatch
 from udfs.spec import OutputField, ScoringPlan, arrow_batch_rows
 from udfs.stats import empty_stats, latency_percentile_ms, merge, summary_metrics
+from udfs.worker_memory import ARROW_POOL
 
 SCORE = (OutputField("score", "float32"),)
 # The loop and the reference both compute in float32, but CPU kernels round differently for different
@@ -342,7 +344,7 @@ _READ_IN_A_FRESH_WORKER = """
 import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
-from udfs.device import use_arrow_pool
+from udfs.worker_memory import use_arrow_pool
 backend = use_arrow_pool()
 pool = pa.default_memory_pool()
 table = pq.read_table(sys.argv[1])

@@ -332,7 +332,6 @@ class ScoringLoop:
                 self.stats, batch.num_rows, decode_s, computed - started, time.perf_counter() - computed
             )
             yield from scored
-            inject_fault(self.plan.fault)
 
 
 Rejected = tuple[pa.RecordBatch, dict[int, str]]
@@ -379,18 +378,3 @@ def _take(output: ModelOutput, keep: np.ndarray[Any, Any]) -> ModelOutput:
     if isinstance(output, dict):
         return {k: np.asarray(v)[keep] for k, v in output.items()}
     return [np.asarray(v)[keep] for v in output]
-
-
-def inject_fault(fault: str | None) -> None:
-    """Tests only (``BATCHSCORE_FAULT`` on the driver): ``fail_first_attempt`` fails the first attempt of
-    partition 0 after it has emitted a batch; ``slow:<seconds>`` sleeps after every batch."""
-    if not fault:
-        return
-    if fault.startswith("slow:"):
-        time.sleep(float(fault.split(":", 1)[1]))
-    elif fault == "fail_first_attempt":
-        from pyspark import TaskContext
-
-        context = TaskContext.get()
-        if context is not None and context.partitionId() == 0 and context.attemptNumber() == 0:
-            raise RuntimeError(worker_error("injected_fault", "first attempt of partition 0 fails (test)"))

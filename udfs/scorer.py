@@ -21,14 +21,13 @@ from udfs.device import (
     apply_threads,
     choose_device,
     current_task_resources,
-    keep_heap_resident,
-    use_arrow_pool,
 )
 from udfs.predictors import PairPredictor, Predictor, load_predictor
 from udfs.runtime import ScoringLoop
 from udfs.spec import ModelRef, ScoringPlan
 from udfs.stats import empty_stats, worker_id
 from udfs.validation import worker_error
+from udfs.worker_memory import keep_heap_resident, use_arrow_pool
 
 log = logging.getLogger(__name__)
 

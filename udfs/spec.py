@@ -88,7 +88,6 @@ class ScoringPlan:
     # The float dtype the model computes in ("float32" for torch): a finite input beyond its range would
     # reach the model as infinity, so such a row is invalid. None: values are given to the model as read.
     input_dtype: str | None = None
-    fault: str | None = None  # tests only: BATCHSCORE_FAULT on the driver, e.g. "fail_first_attempt"
     # Shadow mode: (champion, challenger), each with its own plan; both resident in the worker, each
     # batch decoded once (shared when the models take the same tensor) and scored by both. ``outputs``
     # then holds the champion's one output column followed by the challenger's.
