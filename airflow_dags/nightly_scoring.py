@@ -42,7 +42,7 @@ with DAG(**cfg.dag_kwargs("batchscore: score one input partition per day into De
                 "run_name": f"{cfg.dag_id} {{{{ ds }}}}",
                 "spark_python_task": {
                     "python_file": cfg.databricks.python_file,
-                    "parameters": ["--config", cfg.databricks.job_config, "--ds", "{{ ds }}"],
+                    "parameters": ["score", "--config", cfg.databricks.job_config, "--ds", "{{ ds }}"],
                 },
                 "libraries": cfg.databricks.libraries,
                 **cluster,

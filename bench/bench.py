@@ -323,7 +323,7 @@ def delta_sink(path: str, lineage: Any) -> Callable[[Any], None]:
     def write(df: Any) -> None:
         from pyspark.sql import functions as F
 
-        from jobs.score import with_lineage
+        from jobs.scoring import with_lineage
 
         (
             with_lineage(df, lineage)
@@ -474,7 +474,7 @@ def main() -> int:
     os.environ.setdefault("BATCHSCORE_HOME", str(ROOT / ".batchscore"))
     sys.path.insert(0, str(ROOT))
     from jobs.home import batchscore_home
-    from jobs.score import configure_logging
+    from jobs.runner import configure_logging
     from jobs.session import get_or_create_session
 
     configure_logging("WARNING")
@@ -624,25 +624,21 @@ def ours_job(spark: Any, cfg: Any, model_uri: str, tracking: str) -> Callable[[]
     noop paths give it, keys and scores (the workers still send their quarantine columns; the JVM does not
     add the partition column); lineage and the partition column are part of the Delta-out comparison,
     where every path writes them."""
-    from jobs.file_scan import open_input
+    from jobs.inputs import ScoringInput
+    from jobs.planning import PlanRequest, build_plan
     from jobs.registry import resolve_model
-    from jobs.score import build_plan, score_input, stats_accumulator
+    from jobs.scoring import score, stats_accumulator
     from udfs.stats import summary_metrics
 
     resolved = resolve_model(model_uri, tracking)
-    plan = build_plan(resolved, cfg, open_input(spark, cfg.input, DS).columns)
+    columns = ScoringInput.open(spark, cfg.input, DS).columns
+    plan = build_plan(resolved, PlanRequest.for_job(cfg), columns)
 
     def once() -> dict[str, float]:
         stats = stats_accumulator(spark)
-        scored = score_input(
-            spark,
-            open_input(spark, cfg.input, DS),
-            cfg,
-            DS,
-            (resolved.ref, plan),
-            lineage=None,
-            stats=stats,
-        )
+        source = ScoringInput.open(spark, cfg.input, DS)
+        source.partition_files()  # listed as a job lists them, before scoring
+        scored = score(source, resolved.ref, plan, lineage=None, stats=stats)
         noop(scored.select(*cfg.output.key_columns, "score"))  # what the anchors' noop paths produce
         return summary_metrics(stats.value)
 
@@ -747,8 +743,9 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
     from pyspark.sql import functions as F
 
     from jobs.home import batchscore_home, default_tracking_uri
+    from jobs.planning import Lineage
     from jobs.registry import resolve_model
-    from jobs.score import Lineage, run
+    from jobs.score import run
 
     home = batchscore_home()
     input_path = str(home / "bench" / f"input_{args.rows}")

@@ -14,11 +14,19 @@ in ``$BATCHSCORE_HOME``; ``MLFLOW_TRACKING_URI`` when set).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+import uuid
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from jobs.compare import Comparison
-from jobs.config import DEFAULT_THRESHOLDS, ScoringJobConfig
+from pydantic import ValidationError
+
+from jobs.compare import Comparison, sample_scores
+from jobs.config import DEFAULT_THRESHOLDS, MlflowSection, ModelSection
+from jobs.errors import ConfigError
+from jobs.inputs import ScoringInput
+from jobs.planning import Lineage, PlanRequest, build_plan, pair_plan
+from jobs.schema_check import check_input_schema
+from jobs.scoring import transform
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -47,40 +55,33 @@ class ComparisonResult:
         return self.comparison.failed
 
 
-def _resolve(
-    df: DataFrame,
-    model_uris: list[str],
-    *,
-    prediction_column: str,
-    feature_columns: list[str] | None,
-    batch_size: int,
-    tracking_uri: str | None,
-    registry_uri: str | None,
-) -> tuple[ScoringJobConfig, list[ResolvedModel]]:
-    """The job config a notebook call stands for (the first URI as its model), and each URI resolved once
-    to a pinned version."""
+def _resolve(uris: list[str], tracking_uri: str | None, registry_uri: str | None) -> list[ResolvedModel]:
+    """Each URI resolved once, on the driver, to a pinned version."""
     from jobs.registry import resolve_model
     from jobs.tracking import tracking_target
 
-    cfg = ScoringJobConfig.model_validate(
-        {
-            "name": "notebook",
-            "model": {"uri": model_uris[0], "prediction_column": prediction_column, "batch_size": batch_size},
-            # The DataFrame is the input; the path is never read. Every column passes through.
-            "input": {"path": "<dataframe>", "feature_columns": feature_columns, "read_mode": "dataframe"},
-            "output": {"path": "<dataframe>", "key_columns": list(df.columns), "partition_column": None},
-            "mlflow": {
-                "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
-                "registry_uri": registry_uri,
-                "log_run": False,
-            },
-        }
+    section = MlflowSection(
+        tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), registry_uri=registry_uri
     )
-    target = tracking_target(cfg.mlflow)
-    return cfg, [
+    target = tracking_target(section)
+    return [
         resolve_model(uri, target.tracking_uri, target.registry_uri, timeout_s=target.timeout_s)
-        for uri in model_uris
+        for uri in uris
     ]
+
+
+def _request(
+    df: DataFrame, uri: str, prediction_column: str, feature_columns: list[str] | None, batch_size: int
+) -> PlanRequest:
+    """Every column of ``df`` passes through and is kept in an invalid row's raw values; none of them is
+    a key whose nulls make a row invalid."""
+    try:
+        model = ModelSection(uri=uri, prediction_column=prediction_column, batch_size=batch_size)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid model settings: {problems}") from None
+    columns = tuple(df.columns)
+    return PlanRequest(model, feature_columns, passthrough_columns=columns, raw_columns=columns)
 
 
 def score(
@@ -96,23 +97,10 @@ def score(
     """``df`` with the model's prediction column(s) and the lineage columns appended (lazy, like any
     DataFrame). Rows the model cannot take (null/NaN/inf features, wrong array lengths, or rejected by the
     model) get null predictions and a reason in ``_invalid_reason`` (their raw values in ``_invalid_row``)."""
-    import uuid
-
-    from jobs.schema_check import check_input_schema
-    from jobs.score import Lineage, build_plan, transform
-
-    cfg, (resolved,) = _resolve(
-        df,
-        [model_uri],
-        prediction_column=prediction_column,
-        feature_columns=feature_columns,
-        batch_size=batch_size,
-        tracking_uri=tracking_uri,
-        registry_uri=registry_uri,
-    )
-    # Every column passes through, as a key would; none of them is a key whose nulls make a row invalid.
-    plan = replace(build_plan(resolved, cfg, df.columns, check_columns=False), key_columns=())
-    check_input_schema(df, resolved, plan, cfg)
+    request = _request(df, model_uri, prediction_column, feature_columns, batch_size)
+    (resolved,) = _resolve([model_uri], tracking_uri, registry_uri)
+    plan = build_plan(resolved, request, df.columns, check_columns=False)
+    check_input_schema(ScoringInput.of_frame(df), resolved, plan)
     return transform(df, resolved.ref, plan, Lineage.for_model(resolved.ref, f"notebook-{uuid.uuid4().hex}"))
 
 
@@ -132,46 +120,23 @@ def compare(
 ) -> ComparisonResult:
     """Score ``df`` with both models in one pass and compare them (the shadow job's metrics and verdict,
     without writing tables); ``figures`` holds the report's plots for display."""
-    import numpy as np
     from pyspark.sql import functions as F
 
-    from jobs.compare import compare as compare_scores
     from jobs.report import figures
-    from jobs.schema_check import check_input_schema
-    from jobs.score import pair_plan, transform
     from udfs.validation import REASON_COLUMN
 
-    cfg, (champion, challenger) = _resolve(
-        df,
-        [champion_uri, challenger_uri],
-        prediction_column="score",
-        feature_columns=feature_columns,
-        batch_size=batch_size,
-        tracking_uri=tracking_uri,
-        registry_uri=registry_uri,
-    )
-    plan, first, second = pair_plan(champion, challenger, cfg, challenger_uri, df.columns)
-    plan = replace(plan, key_columns=())
-    check_input_schema(df, champion, first, cfg)
-    check_input_schema(df, challenger, second, cfg)
+    request = _request(df, champion_uri, "score", feature_columns, batch_size)
+    champion, challenger = _resolve([champion_uri, challenger_uri], tracking_uri, registry_uri)
+    plan, first, second = pair_plan(champion, challenger, request, df.columns)
+    source = ScoringInput.of_frame(df)
+    check_input_schema(source, champion, first)
+    check_input_schema(source, challenger, second)
     scored = transform(df, champion.ref, plan, None).where(F.col(REASON_COLUMN).isNull())
-    a, b = plan.outputs[0].name, plan.outputs[1].name
-    label = [label_column] if label_column else []
     rows = scored.count()
-    sample = scored if rows <= max_rows else scored.sample(fraction=max_rows / rows, seed=17)
-    frame: Any = sample.select(a, b, *label).toPandas()
-    labels = None
-    if label_column:
-        frame = frame[frame[label_column].notna()]
-        labels = frame[label_column].to_numpy(dtype=np.float64)
-    champion_scores = frame[a].to_numpy(dtype=np.float64)
-    challenger_scores = frame[b].to_numpy(dtype=np.float64)
-    comparison = compare_scores(
-        champion_scores,
-        challenger_scores,
-        threshold=decision_threshold,
-        thresholds=DEFAULT_THRESHOLDS if thresholds is None else thresholds,
-        labels=labels,
+    a, b = plan.outputs[0].name, plan.outputs[1].name
+    sample = sample_scores(scored, a, b, label_column, rows=rows, max_rows=max_rows)
+    comparison = sample.compare(
+        threshold=decision_threshold, thresholds=DEFAULT_THRESHOLDS if thresholds is None else thresholds
     )
-    made = dict(figures(champion_scores, challenger_scores, labels)) if len(frame) else {}
+    made = dict(figures(sample.champion, sample.challenger, sample.labels)) if len(sample) else {}
     return ComparisonResult(comparison, rows, made)

@@ -23,7 +23,7 @@ log = logging.getLogger("batchscore")
 
 def _setup(args: Sequence[str]) -> int:
     from jobs.jars import resolve_delta_jars
-    from jobs.score import configure_logging
+    from jobs.runner import configure_logging
 
     configure_logging()
     jars = resolve_delta_jars(force="--force" in args)

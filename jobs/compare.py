@@ -1,17 +1,21 @@
 """Champion vs challenger: comparison metrics of two score vectors and a verdict against thresholds.
 
-Pure numpy/scipy on the driver: the shadow job collects the two score columns (and the label, when there is
-one) of a partition, or a uniform sample of at most ``max_rows`` of them, and calls :func:`compare`.
+Pure numpy/scipy on the driver: the shadow job and the notebook API collect the two score columns (and the
+label, when there is one) of the scored rows, or a uniform sample of them (:func:`sample_scores`), and
+compare them (:meth:`ScoreSample.compare`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 PSI_BINS = 10
@@ -159,3 +163,40 @@ def compare(
     labels: npt.NDArray[Any] | None = None,
 ) -> Comparison:
     return verdict(metrics(champion, challenger, threshold, labels), thresholds)
+
+
+@dataclass(frozen=True)
+class ScoreSample:
+    """Aligned champion and challenger scores (and labels) of the rows compared, on the driver."""
+
+    champion: npt.NDArray[np.float64]
+    challenger: npt.NDArray[np.float64]
+    labels: npt.NDArray[np.float64] | None = None
+
+    def __len__(self) -> int:
+        return len(self.champion)
+
+    def compare(self, *, threshold: float, thresholds: Mapping[str, float]) -> Comparison:
+        return compare(
+            self.champion, self.challenger, threshold=threshold, thresholds=thresholds, labels=self.labels
+        )
+
+
+SAMPLE_SEED = 17
+
+
+def sample_scores(
+    scored: DataFrame, champion: str, challenger: str, label: str | None, *, rows: int, max_rows: int
+) -> ScoreSample:
+    """The ``champion`` and ``challenger`` columns of ``scored`` (``rows`` rows), or of a uniform sample of
+    about ``max_rows`` of them, collected to the driver; rows without a label are left out when there is
+    a ``label`` column."""
+    sample = scored if rows <= max_rows else scored.sample(fraction=max_rows / rows, seed=SAMPLE_SEED)
+    frame: Any = sample.select(champion, challenger, *([label] if label else [])).toPandas()
+    labels = None
+    if label:
+        frame = frame[frame[label].notna()]
+        labels = frame[label].to_numpy(dtype=np.float64)
+    return ScoreSample(
+        frame[champion].to_numpy(dtype=np.float64), frame[challenger].to_numpy(dtype=np.float64), labels
+    )

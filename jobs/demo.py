@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Prepare the demo registry and input, then score the latest partition through spark-submit."""
     from jobs.config import load_job_config
     from jobs.home import resolve_location
-    from jobs.score import configure_logging
+    from jobs.runner import configure_logging
     from jobs.session import spark_session
     from jobs.submit import submit
 

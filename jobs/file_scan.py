@@ -7,7 +7,7 @@ the job reads through Spark's DataFrame (``input.read_mode: auto`` falls back an
 
 A table on the local file system is checked and listed from its own log (:mod:`jobs.delta_log`, a few ms);
 any other (a catalog table, object storage) or a log that reader does not replay, through Spark
-(``DESCRIBE DETAIL`` and the DataFrame's ``inputFiles()``, ~0.2 s a job on 2 cores).
+(``DESCRIBE DETAIL`` and the DataFrame's ``inputFiles()``: a query analysed and a file listing in the JVM).
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from jobs.delta_log import Snapshot, UnsupportedLogError, read_snapshot
-from jobs.errors import TableLocationError
 from jobs.home import resolve_location
-from jobs.tables import TableInput, frame_of, sql_target
+from jobs.tables import sql_target
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from collections.abc import Callable
+
+    from pyspark.sql import SparkSession
     from pyspark.sql.types import StructType
 
     from jobs.config import InputSection
@@ -118,20 +119,6 @@ def log_schema(snapshot: Snapshot) -> StructType:
     return StructType.fromJson(_without_delta_metadata(snapshot.schema))
 
 
-def open_input(spark: SparkSession, section: InputSection, ds: str | None) -> TableInput:
-    """The job's input. A local Delta table whose files the tasks may read themselves gets its schema from
-    its log (no Spark analysis; its DataFrame is built only if something reads through Spark); any other
-    input is read through Spark at once, as :func:`jobs.tables.read_input` does."""
-    if section.read_mode != "dataframe":
-        try:
-            snapshot, _ = local_snapshot(section)
-        except TableLocationError:  # no table there: read_input names what was expected and found
-            snapshot = None
-        if snapshot is not None and not _log_blockers(snapshot):
-            return TableInput(spark, section, ds, schema=log_schema(snapshot), snapshot=snapshot)
-    return TableInput(spark, section, ds)
-
-
 def partition_uris(snapshot: Snapshot, column: str | None, ds: str | None) -> tuple[str, ...] | None:
     """The URIs of the files of partition ``column=ds`` (every file when ``ds`` is None); None when the
     partition column's values do not compare as ``YYYY-MM-DD`` strings (only string and date columns do)."""
@@ -147,7 +134,7 @@ def _file_key(uri: str) -> str:
     return unquote(urlparse(uri).path)
 
 
-def _log_blockers(snapshot: Snapshot) -> list[str]:
+def log_blockers(snapshot: Snapshot) -> list[str]:
     """What in a snapshot makes its Parquet files differ from the table's rows or names."""
     features = (*snapshot.reader_features, *snapshot.writer_features)
     blocking = [f for f in dict.fromkeys(features) if f in _BLOCKING_FEATURES]
@@ -162,26 +149,25 @@ def _log_blockers(snapshot: Snapshot) -> list[str]:
 
 def plan_file_scan(
     spark: SparkSession,
-    df: DataFrame | TableInput,
     section: InputSection,
     ds: str | None,
     needed: Sequence[str],
     *,
-    files: Sequence[str] | None = None,
+    snapshot: Snapshot | None,
+    list_files: Callable[[], Sequence[str]],
 ) -> tuple[FileScan | None, str]:
     """``(scan, why)``: the file scan when the fast path is allowed, else ``None`` and the reason.
-    ``files``: ``df.inputFiles()`` when the caller already listed them through Spark (a few 100 ms); a
-    local table's files are listed from its log instead."""
+    ``snapshot``: the one the input's schema came from, if any, so that schema and files are of the same
+    version. ``list_files``: the input's files as Spark lists them, called only when the table's log does
+    not list them here."""
     if section.read_mode == "dataframe":
         return None, "input.read_mode is dataframe"
     if section.format != "delta":
         return None, f"input format is {section.format}, not delta"
-    # The snapshot the input's schema came from, so that schema and files are of the same version.
-    snapshot = df.snapshot if isinstance(df, TableInput) and df.snapshot is not None else None
     if snapshot is None:
         snapshot, _ = local_snapshot(section)
     if snapshot is not None:
-        blocking = _log_blockers(snapshot)
+        blocking = log_blockers(snapshot)
         partition_columns = list(snapshot.partition_columns)
         listed = partition_uris(snapshot, section.partition_column, ds)
         sizes = {_file_key(snapshot.uri(f)): f.size for f in snapshot.files}
@@ -201,7 +187,7 @@ def plan_file_scan(
         constants[column] = ds
     file_columns = tuple(c for c in needed if c not in partition_columns)
     if listed is None:
-        listed = tuple(frame_of(df).inputFiles() if files is None else files)
+        listed = tuple(list_files())
     if sizes and all(_file_key(f) in sizes for f in listed):
         bytes_estimate = sum(sizes[_file_key(f)] for f in listed)
     else:

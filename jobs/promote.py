@@ -9,7 +9,6 @@ Who, when and why go into model version tags (``batchscore.*``); the replaced ve
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import getpass
 import logging
@@ -21,7 +20,7 @@ from typing import Any
 from jobs.config import ScoringJobConfig, load_job_config
 from jobs.errors import BatchscoreError
 from jobs.mlflow_http import check_servers
-from jobs.score import configure_logging
+from jobs.runner import configure_logging, guarded, job_parser
 from jobs.tracking import tracking_target
 
 log = logging.getLogger("batchscore.promote")
@@ -143,18 +142,17 @@ def _model_name(cfg: ScoringJobConfig) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="batchscore promote", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--config", required=True, help="the shadow job's config (registry, comparison table)"
-    )
+    """``batchscore promote``: 0 when the alias moved, 2 when refused or on a user error."""
+    parser = job_parser("batchscore promote", __doc__.splitlines()[0])
     parser.add_argument("--model", help="registered model name (default: the config's model)")
     parser.add_argument("--rollback", action="store_true", help="restore the previous champion")
     parser.add_argument("--force", action="store_true", help="promote without a passing comparison")
     parser.add_argument("--reason", default="", help="recorded in the version's tags")
     args = parser.parse_args(argv)
-    configure_logging("INFO")
-    try:
-        cfg = load_job_config(args.config)
+    configure_logging(args.log_level)
+
+    def body() -> int:
+        cfg = load_job_config(args.config, args.overrides)
         if args.rollback:
             done = rollback(cfg, args.model, args.reason)
         else:
@@ -162,8 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             with spark_session(cfg.spark.profile, cfg.spark.conf) as spark:
                 done = promote(spark, cfg, args.model, force=args.force, reason=args.reason)
-    except BatchscoreError as exc:
-        log.error("%s", exc)
-        return 2
-    print(f"{done.model}: champion is now v{done.champion} (was v{done.previous}); {done.reason}")
-    return 0
+        print(f"{done.model}: champion is now v{done.champion} (was v{done.previous}); {done.reason}")
+        return 0
+
+    return guarded(body)

@@ -13,15 +13,13 @@ from typing import Any
 
 from jobs.errors import ModelResolutionError, RegistryError, SignatureError
 from jobs.mlflow_http import check_servers, shown_uri
-from udfs.spec import ModelRef, OutputField, OutputKind
+from udfs.spec import SPARK_TYPES, ModelRef, OutputField, OutputKind
 
 log = logging.getLogger(__name__)
 
 _ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
 _VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+|latest)$")
 _RUN = re.compile(r"^runs:/(?P<run_id>[0-9a-zA-Z]+)/(?P<path>.+)$")
-
-_SUPPORTED_TYPES = {"float32", "float64", "int32", "int64", "bool"}
 
 
 @dataclass(frozen=True)
@@ -148,7 +146,7 @@ def signature_input_names(resolved: ResolvedModel) -> tuple[str, ...]:
 def _numpy_dtype(spec: Any, where: str) -> str:
     dtype = spec.type if spec.__class__.__name__ == "TensorSpec" else spec.type.to_numpy()
     name = str(getattr(dtype, "name", dtype))
-    if name not in _SUPPORTED_TYPES:
+    if name not in SPARK_TYPES:
         raise SignatureError(f"{where}: expected a numeric or boolean output type, found {name}")
     return name
 

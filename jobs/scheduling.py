@@ -40,7 +40,9 @@ class SubmitSection(StrictModel):
 
 
 class DatabricksSection(StrictModel):
-    python_file: str = Field(description="the job's entry point on Databricks, e.g. a workspace file")
+    python_file: str = Field(
+        description="jobs/launcher/batchscore_job.py as Databricks sees it, e.g. a workspace file"
+    )
     job_config: str = Field(description="the job config path as Databricks sees it")
     existing_cluster_id: str | None = None
     new_cluster: dict[str, Any] | None = None
@@ -108,11 +110,12 @@ def load_dag_config(name: str) -> DagConfig:
 
 
 def spark_submit_kwargs(job: str, job_config: str, *job_args: str) -> dict[str, Any]:
-    """Arguments of ``SparkSubmitOperator`` running ``jobs/<job>.py`` as ``batchscore submit`` does:
+    """Arguments of ``SparkSubmitOperator`` running ``batchscore <job>`` as ``batchscore submit`` does:
     Delta's cached jars, the profile's and the job's Spark conf, quiet log4j, this Python for the workers."""
     from jobs.jars import cached_delta_jars
+    from jobs.launcher import LAUNCHER
     from jobs.session import DELTA_CONF, with_driver_java_options
-    from jobs.submit import JOBS_DIR, LOG4J_CONF
+    from jobs.submit import LOG4J_CONF
 
     cfg = load_job_config(job_config)
     profile = load_spark_profile(cfg.spark.profile)
@@ -128,12 +131,12 @@ def spark_submit_kwargs(job: str, job_config: str, *job_args: str) -> dict[str, 
         except Exception:  # not set up on this machine yet: the job itself then says how to fix it
             log.warning("Delta jars are not cached here; run `batchscore setup` on the Airflow workers")
     return {
-        "application": str(JOBS_DIR / f"{job}.py"),
+        "application": str(LAUNCHER),
         "conf": conf,
         "jars": jars,
         "name": f"batchscore-{job}-{cfg.name}",
         "env_vars": {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable},
-        "application_args": ["--config", job_config, *job_args],
+        "application_args": [job, "--config", job_config, *job_args],
     }
 
 

@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any
 from jobs.errors import SchemaMismatchError
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
     from pyspark.sql.types import DataType
 
     from jobs.config import ScoringJobConfig
+    from jobs.inputs import ScoringInput
     from jobs.registry import ResolvedModel
-    from jobs.tables import TableInput
     from udfs.spec import ScoringPlan
 
 _NUMERIC_SPECS = {"double", "float", "long", "integer"}
@@ -64,11 +63,9 @@ def _type_problem(expected: str, kind: DataType) -> str | None:
     return None if ok else f"expected {expected}, found {kind.simpleString()}"
 
 
-def schema_problems(
-    df: DataFrame | TableInput, resolved: ResolvedModel, plan: ScoringPlan, cfg: ScoringJobConfig
-) -> list[str]:
+def schema_problems(source: ScoringInput, resolved: ResolvedModel, plan: ScoringPlan) -> list[str]:
     """One line per offending column; empty when the input fits the model and the job."""
-    schema = {f.name: f.dataType for f in df.schema.fields}
+    schema = {f.name: f.dataType for f in source.schema.fields}
     problems: list[str] = []
     needed = [*plan.passthrough_columns, *plan.feature_columns]
     for name in dict.fromkeys(needed):
@@ -92,14 +89,14 @@ def schema_problems(
             found = _type_problem("numeric or numeric array", schema[name])
             if found:
                 problems.append(f"{name}: {found} (the model takes a float tensor)")
-        problems += _width_problems(df, features, schema, width)
+        problems += _width_problems(source, features, schema, width)
     else:
         for name in features:
             found = _type_problem("numeric or numeric array", schema[name])
             if found:
                 problems.append(f"{name}: {found}")
-    if not cfg.input.allow_extra_columns:
-        used = {*needed, *(c for c in [cfg.input.partition_column] if c)}
+    if source.section is not None and not source.section.allow_extra_columns:
+        used = {*needed, *(c for c in [source.partition_column] if c)}
         for name in schema:
             if name not in used:
                 problems.append(f"{name}: not used by the job (input.allow_extra_columns is false)")
@@ -107,7 +104,7 @@ def schema_problems(
 
 
 def _width_problems(
-    df: DataFrame | TableInput, features: Sequence[str], schema: dict[str, DataType], width: int | None
+    source: ScoringInput, features: Sequence[str], schema: dict[str, DataType], width: int | None
 ) -> list[str]:
     """Values per row against a tensor signature's row size: from the schema for scalar columns, from the
     first row for one array column (rows that differ later are quarantined one by one)."""
@@ -123,9 +120,7 @@ def _width_problems(
             return [f"{columns}: the model expects {width} values per row, found {len(features)} columns"]
         return []
     if len(arrays) == 1 and len(features) == 1:
-        from jobs.tables import frame_of
-
-        first = frame_of(df).select(F.size(F.col(arrays[0])).alias("n")).where("n >= 0").limit(1).collect()
+        first = source.frame.select(F.size(F.col(arrays[0])).alias("n")).where("n >= 0").limit(1).collect()
         if first and first[0]["n"] != width:
             found = first[0]["n"]
             return [f"{arrays[0]}: expected arrays of {width} values, found {found} in the first row"]
@@ -133,12 +128,14 @@ def _width_problems(
 
 
 def check_input_schema(
-    df: DataFrame | TableInput, resolved: ResolvedModel, plan: ScoringPlan, cfg: ScoringJobConfig
+    source: ScoringInput, resolved: ResolvedModel, plan: ScoringPlan, cfg: ScoringJobConfig | None = None
 ) -> None:
-    """Raise one :class:`SchemaMismatchError` listing every offending column, before anything is scored."""
-    problems = schema_problems(df, resolved, plan, cfg)
+    """Raise one :class:`SchemaMismatchError` listing every offending column, before anything is scored
+    (``cfg``: the job's config, named in the message)."""
+    problems = schema_problems(source, resolved, plan)
     if problems:
+        job = f" and job {cfg.name!r}" if cfg is not None else ""
         raise SchemaMismatchError(
-            f"input {cfg.input.describe()} does not fit model {resolved.ref.load_uri} and job {cfg.name!r}; "
+            f"input {source.describe()} does not fit model {resolved.ref.load_uri}{job}; "
             "nothing was scored or written:\n  - " + "\n  - ".join(problems)
         )

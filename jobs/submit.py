@@ -11,9 +11,9 @@ from pathlib import Path
 from jobs.config import CONF_DIR, load_job_config, load_spark_profile
 from jobs.errors import ConfigError
 from jobs.jars import cached_delta_jars
+from jobs.launcher import LAUNCHER
 from jobs.session import DELTA_CONF, with_driver_java_options
 
-JOBS_DIR = Path(__file__).resolve().parent
 SUBMITTABLE_JOBS = ("score", "shadow")
 LOG4J_CONF = CONF_DIR / "spark" / "log4j2.properties"
 
@@ -30,7 +30,8 @@ def _option(args: Sequence[str], name: str) -> list[str]:
 
 
 def spark_submit_command(job: str, job_args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """The spark-submit command line and environment that run ``jobs/<job>.py`` with ``job_args``."""
+    """The spark-submit command line and environment that run ``batchscore <job> job_args`` (through
+    :data:`jobs.launcher.LAUNCHER`)."""
     from pyspark.find_spark_home import _find_spark_home
 
     if job not in SUBMITTABLE_JOBS:
@@ -53,7 +54,7 @@ def spark_submit_command(job: str, job_args: Sequence[str]) -> tuple[list[str], 
         conf.update(DELTA_CONF)
     for key, value in conf.items():
         command += ["--conf", f"{key}={value}"]
-    command += [str(JOBS_DIR / f"{job}.py"), *job_args]
+    command += [str(LAUNCHER), job, *job_args]
     env = dict(os.environ)
     env.setdefault("SPARK_HOME", spark_home)
     env.setdefault("PYSPARK_PYTHON", sys.executable)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import sys
 
+from jobs.planning import Lineage, PlanRequest, build_plan
 from jobs.registry import resolve_model
-from jobs.score import Lineage, build_plan, stats_accumulator, transform
+from jobs.scoring import stats_accumulator, transform
 from jobs.session import get_or_create_session
 from jobs.tracking import tracking_target
 from tests.helpers import job_config
@@ -39,7 +40,7 @@ def main(input_path: str, ds: str, partitions: int, discovery: str) -> None:
         resolved = resolve_model(cfg.model.uri, tracking_target(cfg.mlflow).tracking_uri)
         df = spark.read.format("delta").load(input_path).where(f"ds = '{ds}'").repartition(partitions)
         stats = stats_accumulator(spark)
-        plan = build_plan(resolved, cfg, df.columns)
+        plan = build_plan(resolved, PlanRequest.for_job(cfg), df.columns)
         scored = transform(df, resolved.ref, plan, Lineage.for_model(resolved.ref, "cluster"), stats)
         rows = scored.select("transaction_id", "fraud_score").collect()
         executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1

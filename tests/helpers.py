@@ -53,13 +53,14 @@ def score_partition(
     limit: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run ``transform`` on one input partition; return the scored rows and their source rows, aligned."""
+    from jobs.planning import Lineage, PlanRequest, build_plan
     from jobs.registry import resolve_model
-    from jobs.score import Lineage, build_plan, transform
+    from jobs.scoring import transform
 
     resolved = resolved or resolve_model(cfg.model.uri, tracking_uri)
     partition = spark.read.format("delta").load(input_path).where(f"ds = '{ds}'")
     df = partition.limit(limit) if limit else partition
-    plan = build_plan(resolved, cfg, df.columns)
+    plan = build_plan(resolved, PlanRequest.for_job(cfg), df.columns)
     scored = transform(df, resolved.ref, plan, Lineage.for_model(resolved.ref, "job-1")).toPandas()
     source = partition.toPandas().set_index("transaction_id").loc[scored["transaction_id"]].reset_index()
     return scored, source

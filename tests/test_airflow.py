@@ -131,8 +131,11 @@ def test_dags_parse_without_a_database_or_spark(tmp_path: Path, input_path: str)
     assert shadow["tasks"]["promote"] == "BashOperator" and shadow["tasks"]["shadow"] == "SparkSubmitOperator"
 
     # The Databricks variant of the submit step, selected by config.
-    databricks = {"python_file": "/Workspace/batchscore/jobs/score.py", "job_config": "/Workspace/fraud.yaml",
-                  "existing_cluster_id": "0101-abc"}  # fmt: skip
+    databricks = {
+        "python_file": "/Workspace/batchscore/jobs/launcher/batchscore_job.py",
+        "job_config": "/Workspace/fraud.yaml",
+        "existing_cluster_id": "0101-abc",
+    }
     conf = _conf_dir(tmp_path, _job(input_path, tmp_path), backend="databricks", databricks=databricks)
     env["BATCHSCORE_AIRFLOW_CONF"] = str(conf)
     result = _parse(env)

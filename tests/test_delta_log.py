@@ -9,7 +9,8 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from jobs.delta_log import Snapshot, UnsupportedLogError, _checkpoint, read_snapshot
-from jobs.file_scan import _log_blockers, local_snapshot, partition_uris, plan_file_scan
+from jobs.file_scan import local_snapshot, log_blockers, partition_uris
+from jobs.inputs import ScoringInput
 from tests.conftest import DATES
 from tests.helpers import job_config
 
@@ -111,14 +112,14 @@ def _snapshot(**overrides) -> Snapshot:
 
 
 def test_blockers_name_what_makes_files_differ_from_rows() -> None:
-    assert _log_blockers(_snapshot()) == []
-    assert _log_blockers(_snapshot(min_reader_version=3, reader_features=("timestampNtz",))) == []
-    assert _log_blockers(_snapshot(min_reader_version=3, reader_features=("aFutureFeature",))) == [
+    assert log_blockers(_snapshot()) == []
+    assert log_blockers(_snapshot(min_reader_version=3, reader_features=("timestampNtz",))) == []
+    assert log_blockers(_snapshot(min_reader_version=3, reader_features=("aFutureFeature",))) == [
         "aFutureFeature"
     ]
-    assert _log_blockers(_snapshot(min_reader_version=2)) == ["columnMapping"]
-    assert _log_blockers(_snapshot(configuration={"delta.columnMapping.mode": "name"})) == ["columnMapping"]
-    assert _log_blockers(_snapshot(writer_features=("rowTracking",))) == ["rowTracking"]
+    assert log_blockers(_snapshot(min_reader_version=2)) == ["columnMapping"]
+    assert log_blockers(_snapshot(configuration={"delta.columnMapping.mode": "name"})) == ["columnMapping"]
+    assert log_blockers(_snapshot(writer_features=("rowTracking",))) == ["rowTracking"]
     # An integer partition column is not compared as a date string: listed through Spark instead.
     ints = _snapshot(schema={"fields": [{"name": "ds", "type": "integer"}]})
     assert partition_uris(ints, "ds", DATES[0]) is None
@@ -128,12 +129,11 @@ def test_column_mapped_local_tables_are_read_through_spark(spark, tmp_path: Path
     path = str(tmp_path / "mapped")
     _write(spark, path, DATES[0], 10, mode="overwrite", **{"delta.columnMapping.mode": "name"})
     cfg = job_config(path, str(tmp_path / "out"))
-    df = spark.read.format("delta").load(path).where(f"ds = '{DATES[0]}'")
-    scan, why = plan_file_scan(spark, df, cfg.input, DATES[0], ["key", "f0"])
+    scan, why = ScoringInput.open(spark, cfg.input, DATES[0]).file_scan(["key", "f0"])
     assert scan is None and "columnMapping" in why
     # Copied elsewhere, the same table is still recognised (paths in its log are relative).
     shutil.copytree(path, tmp_path / "copy")
-    assert _log_blockers(read_snapshot(str(tmp_path / "copy"))) == ["columnMapping"]
+    assert log_blockers(read_snapshot(str(tmp_path / "copy"))) == ["columnMapping"]
 
 
 def test_v2_checkpoint_tables_are_listed_through_spark(spark, tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_v2_checkpoint_tables_are_listed_through_spark(spark, tmp_path: Path) ->
     assert snapshot is None and "V2 checkpoint" in why
     # Listed through Spark instead, the tasks still read the files themselves.
     df = spark.read.format("delta").load(path).where(f"ds = '{DATES[1]}'")
-    scan, why = plan_file_scan(spark, df, cfg.input, DATES[1], ["key", "f0"])
+    scan, why = ScoringInput.open(spark, cfg.input, DATES[1]).file_scan(["key", "f0"])
     assert scan is not None and _paths(scan.files) == _paths(df.inputFiles()), why
     # The reader alone either refuses the log or reads exactly what Spark reads, never something else.
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jobs.launcher import LAUNCHER
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
 from tests.helpers import assert_close, reference_scores
 
@@ -82,7 +83,8 @@ def test_plain_spark_submit_without_jars_explains_the_fix(home: Path, tmp_path: 
     proc = subprocess.run(
         [
             str(Path(_find_spark_home()) / "bin" / "spark-submit"),
-            str(ROOT / "jobs" / "score.py"),
+            str(LAUNCHER),
+            "score",
             "--config",
             str(config),
         ],

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from jobs.errors import SchemaMismatchError
-from jobs.file_scan import FileScan, plan_file_scan
+from jobs.file_scan import FileScan
+from jobs.inputs import ScoringInput
 from jobs.score import run
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
 from tests.helpers import assert_close, job_config
@@ -21,13 +22,12 @@ def _with_read_mode(cfg, mode: str):
 
 def test_file_scan_lists_only_the_partition_files(spark, input_path: str, registry: Registry) -> None:
     cfg = job_config(input_path, "unused")
-    df = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[1]}'")
-    scan, why = plan_file_scan(spark, df, cfg.input, DATES[1], NEEDED)
+    scan, why = ScoringInput.open(spark, cfg.input, DATES[1]).file_scan(NEEDED)
     assert scan is not None, why
     assert scan.files and all(f"ds={DATES[1]}" in f for f in scan.files)
     assert scan.constants == {"ds": DATES[1]}
     assert "ds" not in scan.file_columns and "f0" in scan.file_columns
-    whole, why = plan_file_scan(spark, spark.read.format("delta").load(input_path), cfg.input, None, NEEDED)
+    whole, why = ScoringInput.open(spark, cfg.input, None).file_scan(NEEDED)
     assert whole is None and "'ds' is needed but not fixed by --ds" in why
 
 
@@ -71,8 +71,7 @@ def test_tables_with_deletion_vectors_are_read_through_spark(
     source.write.format("delta").option("delta.enableDeletionVectors", "true").partitionBy("ds").save(dv_path)
     spark.sql(f"DELETE FROM delta.`{dv_path}` WHERE transaction_id % 10 = 0")
     cfg = job_config(dv_path, str(tmp_path / "out"))
-    df = spark.read.format("delta").load(dv_path).where(f"ds = '{DATES[2]}'")
-    scan, why = plan_file_scan(spark, df, cfg.input, DATES[2], NEEDED)
+    scan, why = ScoringInput.open(spark, cfg.input, DATES[2]).file_scan(NEEDED)
     assert scan is None and "deletionVectors" in why
     # auto falls back to Spark, which honours the deletion vectors: the deleted rows stay deleted.
     result = run(spark, cfg, DATES[2])
@@ -130,7 +129,6 @@ def test_input_schema_comes_from_the_log_as_spark_reads_it(spark, tmp_path: Path
     schema Spark reports: comments and NOT NULL kept, Delta's own field metadata (generation expressions,
     identity columns) left out, nested and decimal types, partition column in place."""
     from jobs.errors import TableLocationError
-    from jobs.file_scan import open_input
 
     path = str(tmp_path / "typed")
     spark.sql(
@@ -144,19 +142,21 @@ def test_input_schema_comes_from_the_log_as_spark_reads_it(spark, tmp_path: Path
         "(1, array(1.0), named_struct('a', 1, 'b', 'x'), current_timestamp(), 1.5, 'ab', '2026-01-01')"
     )
     cfg = job_config(path, "unused")
-    table = open_input(spark, cfg.input, "2026-01-01")
+    table = ScoringInput.open(spark, cfg.input, "2026-01-01")
     assert table.snapshot is not None and table._frame is None  # no DataFrame was built
     assert table.schema == spark.read.format("delta").load(path).schema
     assert table.frame.count() == 1  # built on first use, filtered to the partition
-    assert open_input(spark, cfg.input, "2026-01-02").frame.count() == 0
+    assert ScoringInput.open(spark, cfg.input, "2026-01-02").frame.count() == 0
     with pytest.raises(TableLocationError, match=r"expected --ds as YYYY-MM-DD, found '2026-1-1'"):
-        open_input(spark, cfg.input, "2026-1-1")
+        ScoringInput.open(spark, cfg.input, "2026-1-1")
     unpartitioned = cfg.input.model_copy(update={"partition_column": "day"})
     with pytest.raises(SchemaMismatchError, match=r"expected partition column 'day', found \['key', 'id'"):
-        open_input(spark, unpartitioned, "2026-01-01")
+        ScoringInput.open(spark, unpartitioned, "2026-01-01")
     missing = cfg.input.model_copy(update={"path": str(tmp_path / "nothing")})
     with pytest.raises(TableLocationError, match=r"expected an existing delta table, found none"):
-        open_input(spark, missing, "2026-01-01")
+        ScoringInput.open(spark, missing, "2026-01-01")
     # read_mode dataframe never replays the log: the input is read through Spark at once.
-    through_spark = open_input(spark, cfg.input.model_copy(update={"read_mode": "dataframe"}), "2026-01-01")
+    through_spark = ScoringInput.open(
+        spark, cfg.input.model_copy(update={"read_mode": "dataframe"}), "2026-01-01"
+    )
     assert through_spark.snapshot is None and through_spark._frame is not None

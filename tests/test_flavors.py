@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from jobs.demo import FEATURES
+from jobs.planning import PlanRequest, build_plan
 from jobs.registry import resolve_model
-from jobs.score import build_plan
 from tests.conftest import DATES, Registry
 from tests.helpers import assert_close, job_config, score_partition
 
@@ -120,7 +120,7 @@ def test_tensor_signature_without_feature_columns_is_an_error(
     cfg = job_config(input_path, str(tmp_path / "out"), uri=f"models:/embedder/{pt2_version[0]}")
     resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
     with pytest.raises(SchemaMismatchError, match=r"set input\.feature_columns"):
-        build_plan(resolved, cfg, ["transaction_id", "label", "ds", *FEATURES])
+        build_plan(resolved, PlanRequest.for_job(cfg), ["transaction_id", "label", "ds", *FEATURES])
 
 
 def test_wrong_number_of_values_per_row_is_a_schema_error(

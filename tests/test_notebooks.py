@@ -72,14 +72,17 @@ def test_databricks_notebook_runs_as_a_script_on_local_spark(
 
 
 def test_bundle_names_the_job_entry_point_and_its_parameters() -> None:
-    from jobs.score import parse_args
+    from jobs.launcher import LAUNCHER
+    from jobs.runner import job_parser
 
     bundle = yaml.safe_load((ROOT / "databricks.yml").read_text())
     job = bundle["resources"]["jobs"]["batchscore_nightly"]
     task = job["tasks"][0]["spark_python_task"]
-    assert (ROOT / task["python_file"]).resolve() == (ROOT / "jobs" / "score.py").resolve()
+    assert (ROOT / task["python_file"]).resolve() == LAUNCHER
     values = {"${var.job_config}": "job.yaml", "{{job.parameters.ds}}": "2026-11-29"}
-    args = parse_args([values.get(a, a) for a in task["parameters"]])
+    command, *job_args = [values.get(a, a) for a in task["parameters"]]
+    assert command == "score"
+    args = job_parser("batchscore score", "", ds_help="").parse_args(job_args)
     assert (args.config, args.ds) == ("job.yaml", "2026-11-29")
     assert {p["name"] for p in job["parameters"]} == {"ds"} and "job_config" in bundle["variables"]
     assert job["tasks"][0]["libraries"] == [{"whl": "./dist/*.whl"}]

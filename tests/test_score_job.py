@@ -9,8 +9,10 @@ import pytest
 from delta.tables import DeltaTable
 
 from jobs.errors import MissingPartitionError, SchemaMismatchError
+from jobs.planning import LINEAGE_COLUMNS, Lineage, PlanRequest, build_plan, feature_row_bytes
 from jobs.registry import resolve_model
-from jobs.score import LINEAGE_COLUMNS, Lineage, build_plan, feature_row_bytes, run, transform
+from jobs.score import run
+from jobs.scoring import transform
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
 from tests.helpers import assert_close, job_config, reference_scores, score_partition
 from udfs.spec import OutputField, ScoringPlan
@@ -20,7 +22,7 @@ def test_scores_equal_mlflow_pyfunc(spark, registry: Registry, input_path: str, 
     cfg = job_config(input_path, str(tmp_path / "out"), batch_size=64)
     resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
     df = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[0]}'")
-    plan = build_plan(resolved, cfg, df.columns)
+    plan = build_plan(resolved, PlanRequest.for_job(cfg), df.columns)
     scored = transform(df, resolved.ref, plan, Lineage.for_model(resolved.ref, "job-1")).toPandas()
 
     expected = df.toPandas().sort_values("transaction_id").reset_index(drop=True)
@@ -203,7 +205,7 @@ def test_missing_feature_column_fails_before_writing(
     resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
     df = spark.read.format("delta").load(input_path).drop("f3", "f7")
     with pytest.raises(SchemaMismatchError, match=r"lacks column\(s\) \['f3', 'f7'\]"):
-        build_plan(resolved, cfg, df.columns)
+        build_plan(resolved, PlanRequest.for_job(cfg), df.columns)
 
 
 def test_ds_with_unpartitioned_output_is_refused_before_any_work(
@@ -230,16 +232,16 @@ def test_bad_ds_is_rejected(spark, registry: Registry, input_path: str, tmp_path
 def test_scores_read_twice_are_cached_without_the_partition_value_and_freed(
     spark, registry: Registry, input_path: str, tmp_path: Path
 ) -> None:
-    from jobs.file_scan import open_input
-    from jobs.score import kept, score_input
+    from jobs.inputs import ScoringInput
+    from jobs.scoring import kept, score
 
     cfg = job_config(input_path, str(tmp_path / "out"))
-    df = open_input(spark, cfg.input, DATES[0])
+    df = ScoringInput.open(spark, cfg.input, DATES[0])
     resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
-    plan = build_plan(resolved, cfg, df.columns)
+    plan = build_plan(resolved, PlanRequest.for_job(cfg), df.columns)
     cache = spark._jsparkSession.sharedState().cacheManager()
     with kept() as keep:
-        scored = score_input(spark, df, cfg, DATES[0], (resolved.ref, plan), lineage=None, keep=keep)
+        scored = score(df, resolved.ref, plan, lineage=None, keep=keep)
         rows = scored.collect()
         cached = [
             line

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from jobs.config import TableSection
-from jobs.tables import CONCURRENT_WRITERS, unsorted_partition_writes, write_idempotent
+from jobs.outputs import CONCURRENT_WRITERS, unsorted_partition_writes, write_idempotent
 
 
 def _write_stages_peak_memory(spark: Any, group: str) -> list[int]:

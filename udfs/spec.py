@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 OutputKind = Literal["scalar", "vector", "struct"]
 
-# numpy dtype name -> Spark SQL type name, for the outputs we write.
+# The one map of the output types we write: numpy dtype name -> Spark type name (as Spark's JSON schema and
+# its DDL both spell it). A model output of any other dtype is refused when the job is planned.
 SPARK_TYPES: dict[str, str] = {
     "float32": "float",
     "float64": "double",
-    "int32": "int",
-    "int64": "bigint",
+    "int32": "integer",
+    "int64": "long",
     "bool": "boolean",
 }
 
@@ -58,10 +59,22 @@ class OutputField:
 
     @property
     def spark_type(self) -> str:
+        """The column's Spark type as DDL, e.g. ``array<float>``."""
         if self.kind == "struct":
             return "struct<" + ",".join(f"{c.name}:{c.spark_type}" for c in self.children) + ">"
         base = SPARK_TYPES[self.dtype]
         return f"array<{base}>" if self.kind == "vector" else base
+
+    def spark_json(self) -> Any:
+        """The column's Spark type as Spark's JSON schema holds it (``DataType.fromJson`` reads it);
+        elements and struct fields are never null."""
+        if self.kind == "struct":
+            fields = [{"name": c.name, "type": c.spark_json(), "nullable": False} for c in self.children]
+            return {"type": "struct", "fields": fields}
+        base = SPARK_TYPES[self.dtype]
+        return (
+            {"type": "array", "elementType": base, "containsNull": False} if self.kind == "vector" else base
+        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,198 @@
+"""Scoring: a :class:`~jobs.inputs.ScoringInput` and a plan -> the scored DataFrame (lazy, as any).
+
+Two paths give the same rows and columns: :func:`transform` scores a DataFrame through ``mapInArrow``;
+:func:`transform_files` has each task read its own Parquet files with pyarrow, so only keys and scores
+cross into the JVM. :func:`score` picks one for an input.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
+
+from jobs.errors import BatchscoreError, ExecutorError, InvalidInputError, SchemaMismatchError
+from jobs.planning import Lineage, output_schema, scored_names, sized_for, unique
+from jobs.tables import sql_name, sql_string
+from udfs.file_reader import make_file_scorer
+from udfs.scorer import make_arrow_scorer
+from udfs.spec import ModelRef, ScoringPlan
+from udfs.stats import StatsAccumulatorParam, empty_stats
+from udfs.validation import ERROR_MARKER, INVALID_COLUMN, INVALID_FIELDS, RAW_COLUMN, REASON_COLUMN
+
+if TYPE_CHECKING:
+    from pyspark.accumulators import AccumulatorParam
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+    from jobs.file_scan import FileScan
+    from jobs.inputs import ScoringInput
+
+log = logging.getLogger(__name__)
+
+# What a run does to scored rows it reads more than once (see :func:`kept`).
+Keep = Callable[["DataFrame"], "DataFrame"]
+
+# The workers' struct of reason and raw row, as the two columns a scored DataFrame has (SQL text).
+_FLATTENED_INVALID = tuple(
+    f"{INVALID_COLUMN}.{field} AS {column}"
+    for field, column in zip(INVALID_FIELDS, (REASON_COLUMN, RAW_COLUMN), strict=True)
+)
+
+
+def stats_accumulator(spark: SparkSession) -> Any:
+    """A Spark accumulator collecting the workers' loads and batch timings (None on Spark Connect)."""
+    try:
+        context = spark.sparkContext
+    except Exception:  # Spark Connect sessions have no SparkContext
+        return None
+    # One conf lookup, not getConf(), which copies every setting over py4j.
+    if (spark.conf.get("spark.python.worker.reuse", "true") or "").lower() != "true":
+        log.warning(
+            "spark.python.worker.reuse is off: each task starts a Python worker that loads the model again"
+        )
+    # The parameter is duck-typed so that workers unpickle it from udfs without pyspark's base class.
+    return context.accumulator(empty_stats(), cast("AccumulatorParam[Any]", StatsAccumulatorParam()))
+
+
+def with_lineage(scored: DataFrame, lineage: Lineage | None) -> DataFrame:
+    """Append the lineage columns every output row carries (``None``: leave them to the caller)."""
+    from pyspark.sql import functions as F
+
+    if lineage is None:
+        return scored
+    return scored.withColumns(
+        {
+            "model_name": F.lit(lineage.model_name).cast("string"),
+            "model_version": F.lit(lineage.model_version).cast("string"),
+            "model_run_id": F.lit(lineage.model_run_id).cast("string"),
+            "scored_at": F.lit(lineage.scored_at).cast("timestamp"),
+            "job_run_id": F.lit(lineage.job_run_id),
+        }
+    )
+
+
+def transform(
+    df: DataFrame, ref: ModelRef, plan: ScoringPlan, lineage: Lineage | None, stats: Any = None
+) -> DataFrame:
+    """Score ``df``: pass-through columns, prediction columns, then the lineage columns.
+
+    Pure: no I/O beyond what Spark does lazily, so tests run it on small inline DataFrames. ``stats``,
+    from :func:`stats_accumulator`, collects model loads and batch timings when the result is computed.
+    """
+    selected = df.select(*unique([*plan.passthrough_columns, *plan.feature_columns]))
+    schema = df.schema
+    scorer = make_arrow_scorer(ref, sized_for(schema, plan), stats)
+    scored = selected.mapInArrow(scorer, output_schema(schema, plan))
+    if plan.on_invalid == "quarantine":
+        scored = scored.selectExpr(*map(sql_name, scored_names(plan)), *_FLATTENED_INVALID)
+    return with_lineage(scored, lineage)
+
+
+def transform_files(
+    spark: SparkSession,
+    schema: StructType,
+    scan: FileScan,
+    ref: ModelRef,
+    plan: ScoringPlan,
+    *,
+    lineage: Lineage | None,
+    stats: Any = None,
+    keep: Keep | None = None,
+) -> DataFrame:
+    """Score the files of ``scan`` (the data files of an input of ``schema``): the same rows and columns as
+    :func:`transform`, but each task reads its own files with pyarrow. ``keep`` (see :func:`kept`) gets the
+    rows as the workers return them, before the partition values are added."""
+    # One task per file group, without a shuffle: spark.range gives each partition exactly one group number.
+    groups = scan.file_groups(spark.sparkContext.defaultParallelism)
+    tasks = spark.range(0, len(groups), 1, numPartitions=len(groups))
+    # Partition values are constants: the JVM adds them, so Python never ships them row by row.
+    in_python = replace(
+        sized_for(schema, plan),
+        passthrough_columns=tuple(c for c in plan.passthrough_columns if c not in scan.constants),
+        key_columns=tuple(c for c in plan.key_columns if c not in scan.constants),
+    )
+    scorer = make_file_scorer(ref, in_python, list(scan.file_columns), groups, stats)
+    scored = tasks.mapInArrow(scorer, output_schema(schema, in_python))
+    if keep is not None:
+        scored = keep(scored)
+    # One projection, from SQL text in one py4j call rather than one per Column, adds the constants and
+    # orders the columns.
+    columns = [
+        f"CAST({sql_string(str(scan.constants[name]))} AS {schema[name].dataType.simpleString()}) AS "
+        f"{sql_name(name)}"
+        if name in scan.constants
+        else sql_name(name)
+        for name in scored_names(plan)
+    ]
+    if plan.on_invalid == "quarantine":
+        columns += _FLATTENED_INVALID
+    return with_lineage(scored.selectExpr(*columns), lineage)
+
+
+def score(
+    source: ScoringInput,
+    ref: ModelRef,
+    plan: ScoringPlan,
+    *,
+    lineage: Lineage | None,
+    stats: Any = None,
+    keep: Keep | None = None,
+) -> DataFrame:
+    """The scored DataFrame of ``source``: read by the tasks from the table's files when the input allows
+    it, else through Spark. ``keep``: from :func:`kept`, when the result is read more than once."""
+    needed = list(unique([*plan.passthrough_columns, *plan.feature_columns]))
+    scan, why = source.file_scan(needed)
+    if scan is None:
+        if source.read_mode == "files":
+            raise SchemaMismatchError(f"input.read_mode is files but {why}; use auto or dataframe")
+        log.info("reading %s through Spark: %s", source.describe(), why)
+        scored = transform(source.frame, ref, plan, None, stats)
+        return with_lineage(scored if keep is None else keep(scored), lineage)
+    log.info("tasks read %d file(s) of %s directly (%s)", len(scan.files), source.describe(), why)
+    return transform_files(
+        source.spark, source.schema, scan, ref, plan, lineage=lineage, stats=stats, keep=keep
+    )
+
+
+@contextmanager
+def kept() -> Iterator[Keep]:
+    """A function that persists the scored rows a run reads more than once (to count them, to write the
+    invalid ones to quarantine, then the valid ones to the output); unpersisted on leaving. Given to
+    :func:`score` as ``keep``, it persists the rows as the workers return them, before constant columns
+    (a partition value the tasks read from file paths) are added, so the cache does not store a constant
+    row by row."""
+    frames: list[DataFrame] = []
+
+    def keep(frame: DataFrame) -> DataFrame:
+        frames.append(frame.persist())
+        return frame
+
+    try:
+        yield keep
+    finally:
+        for frame in frames:
+            frame.unpersist()
+
+
+_WORKER_ERROR = re.compile(re.escape(ERROR_MARKER) + r"\[(\w+)\]: ([^\n]*)")
+
+
+@contextmanager
+def executor_errors() -> Iterator[None]:
+    """Turn a task failure that carries a user-facing worker error (``BATCHSCORE_ERROR[kind]: …``, e.g. a
+    model that fails to load, or an invalid row under ``on_invalid: fail``) into a one-line error."""
+    try:
+        yield
+    except BatchscoreError:
+        raise
+    except Exception as exc:
+        found = _WORKER_ERROR.search(str(exc))
+        if found is None:
+            raise
+        kind, message = found.groups()
+        error = InvalidInputError if kind == "invalid_rows" else ExecutorError
+        raise error(f"a task failed on an executor: {message}") from None
