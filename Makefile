@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export BATCHSCORE_HOME ?= $(CURDIR)/.batchscore
 
-.PHONY: setup demo test lint typecheck pytest bench bench-quick lock clean airflow-nightly
+.PHONY: setup demo test lint typecheck pytest bench bench-quick lock clean airflow-nightly docs
 
 # Virtualenv with the exact versions of constraints.txt (pip's cache is reused between machines' runs).
 $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
@@ -50,6 +50,10 @@ bench: setup
 
 bench-quick: setup
 	$(PY) bench/bench.py --quick
+
+# docs/configuration.md from the config models (a test checks it is current).
+docs: $(VENV)/.installed
+	$(PY) -m jobs.config_docs > docs/configuration.md
 
 lock: $(VENV)/.installed
 	{ echo '# Exact versions seen to install together (python 3.11, linux x86_64). Regenerate with `make lock`.'; \

@@ -59,9 +59,13 @@ class ModelSection(StrictModel):
 class TableSection(StrictModel):
     """A table given either by ``path`` (Delta/Parquet location) or by catalog ``table`` name."""
 
-    path: str | None = None
-    table: str | None = None
-    partition_column: str | None = "ds"
+    path: str | None = Field(
+        None, description="location: absolute, a URI (s3://…), or relative to BATCHSCORE_HOME/warehouse"
+    )
+    table: str | None = Field(None, description="catalog table name, [catalog.][schema.]table")
+    partition_column: str | None = Field(
+        "ds", description="the column --ds names a partition of (null: unpartitioned)"
+    )
 
     @model_validator(mode="after")
     def _exactly_one_location(self) -> TableSection:
@@ -78,7 +82,9 @@ class TableSection(StrictModel):
 
 
 class InputSection(TableSection):
-    format: Literal["delta", "parquet"] = "delta"
+    """The table a job scores: exactly one of path or table."""
+
+    format: Literal["delta", "parquet"] = Field("delta", description="the input's format (for path)")
     read_mode: Literal["auto", "files", "dataframe"] = Field(
         "auto",
         description="files: tasks read the Delta table's Parquet files with pyarrow; "
@@ -93,8 +99,14 @@ class InputSection(TableSection):
 
 
 class OutputSection(TableSection):
-    key_columns: list[str] = Field(min_length=1)
-    passthrough_columns: list[str] = Field(default_factory=list)
+    """The Delta table of the scores: exactly one of path or table."""
+
+    key_columns: list[str] = Field(
+        min_length=1, description="entity keys copied to the output; a row with a null key is invalid"
+    )
+    passthrough_columns: list[str] = Field(
+        default_factory=list, description="other input columns copied to the output"
+    )
 
 
 class QuarantineSection(TableSection):
@@ -102,6 +114,8 @@ class QuarantineSection(TableSection):
 
 
 class QualitySection(StrictModel):
+    """What happens to rows the model cannot take."""
+
     on_invalid: Literal["quarantine", "fail"] = Field(
         "quarantine",
         description="rows with null/NaN/inf features, wrong array lengths or that the model rejects: "
@@ -165,11 +179,13 @@ class CanarySection(StrictModel):
 
 
 class MlflowSection(StrictModel):
+    """The MLflow tracking server and model registry, and the job's own run."""
+
     tracking_uri: str | None = Field(None, description="default: SQLite in BATCHSCORE_HOME")
     registry_uri: str | None = Field(None, description="default: the tracking URI")
-    experiment: str = "batchscore"
+    experiment: str = Field("batchscore", description="the experiment of the job's runs")
     artifact_location: str | None = Field(None, description="for a new experiment; default: home/mlartifacts")
-    log_run: bool = True
+    log_run: bool = Field(True, description="false: no MLflow run (job_run_id is then a random id)")
     timeout_s: float = Field(
         60.0,
         gt=0,
@@ -185,8 +201,13 @@ class MlflowSection(StrictModel):
 
 
 class SparkSection(StrictModel):
-    profile: str = "local"
-    conf: dict[str, str] = Field(default_factory=dict)
+    """The Spark session a job creates (an active session, e.g. a notebook's, is used as it is)."""
+
+    profile: str = Field("local", description="conf/spark/<profile>.yaml, or a path to a profile YAML")
+    conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="Spark settings on top of the profile's, for a session the job creates",
+    )
 
 
 class ScoringJobConfig(StrictModel):
@@ -202,8 +223,8 @@ class ScoringJobConfig(StrictModel):
         path = (out.path or "").rstrip("/")
         return QuarantineSection(path=f"{path}_quarantine", partition_column=out.partition_column)
 
-    name: str
-    model: ModelSection
+    name: str = Field(description="the job's name: MLflow run names, report folders")
+    model: ModelSection = Field(description="the model to score with and how to call it")
     input: InputSection
     output: OutputSection
     quality: QualitySection = Field(default_factory=QualitySection)
@@ -221,9 +242,9 @@ class SparkProfile(StrictModel):
     """A named Spark setup: ``conf/spark/<profile>.yaml``."""
 
     master: str | None = Field(None, description="omit to let spark-submit or the cluster decide")
-    app_name: str = "batchscore"
+    app_name: str = Field("batchscore", description="the Spark application's name")
     delta: bool = Field(True, description="add Delta Lake's cached jars and SQL extensions")
-    conf: dict[str, str] = Field(default_factory=dict)
+    conf: dict[str, str] = Field(default_factory=dict, description="Spark settings (booleans as true/false)")
 
     @field_validator("conf", mode="before")
     @classmethod

@@ -27,42 +27,58 @@ REPO = CONF_DIR.parent
 
 
 class SensorSection(StrictModel):
-    poke_interval_s: int = 300
-    timeout_s: int = 6 * 3600
-    mode: Literal["reschedule", "poke"] = "reschedule"
+    """The nightly DAG's wait for the input's partition."""
+
+    poke_interval_s: int = Field(300, description="seconds between looks at the input's Delta log")
+    timeout_s: int = Field(6 * 3600, description="seconds to wait for the partition before the run fails")
+    mode: Literal["reschedule", "poke"] = Field(
+        "reschedule", description="reschedule frees the worker slot between looks"
+    )
 
 
 class SubmitSection(StrictModel):
-    retries: int = 3
-    retry_delay_s: int = 300
-    max_retry_delay_s: int = 3600
-    execution_timeout_s: int = 4 * 3600
+    """Retries and timeout of the scoring and shadow tasks."""
+
+    retries: int = Field(3, description="task retries, with exponential back-off")
+    retry_delay_s: int = Field(300, description="seconds before the first retry")
+    max_retry_delay_s: int = Field(3600, description="the longest delay between retries")
+    execution_timeout_s: int = Field(4 * 3600, description="seconds a task may run")
 
 
 class DatabricksSection(StrictModel):
+    """The submit step on Databricks (backend: databricks)."""
+
     python_file: str = Field(
         description="jobs/launcher/batchscore_job.py as Databricks sees it, e.g. a workspace file"
     )
     job_config: str = Field(description="the job config path as Databricks sees it")
-    existing_cluster_id: str | None = None
-    new_cluster: dict[str, Any] | None = None
-    libraries: list[dict[str, Any]] = Field(default_factory=list)
+    existing_cluster_id: str | None = Field(None, description="run on this cluster (else new_cluster)")
+    new_cluster: dict[str, Any] | None = Field(
+        None, description="a job cluster spec, as Databricks' API takes it"
+    )
+    libraries: list[dict[str, Any]] = Field(
+        default_factory=list, description="libraries to install, e.g. the batchscore wheel"
+    )
 
 
 class DagConfig(StrictModel):
-    dag_id: str
-    schedule: str | None = "0 3 * * *"
-    start_date: dt.date
-    catchup: bool = False
+    """One DAG of ``airflow_dags/``."""
+
+    dag_id: str = Field(description="the DAG's id")
+    schedule: str | None = Field("0 3 * * *", description="cron expression or preset (null: manual only)")
+    start_date: dt.date = Field(description="the first logical date")
+    catchup: bool = Field(False, description="run the intervals since start_date that have not run")
     max_active_runs: int = Field(3, ge=1, description="bounds a backfill's concurrency")
-    owner: str = "ml-platform"
-    tags: list[str] = Field(default_factory=lambda: ["batchscore"])
-    dagrun_timeout_s: int = 8 * 3600
+    owner: str = Field("ml-platform", description="the tasks' owner")
+    tags: list[str] = Field(default_factory=lambda: ["batchscore"], description="the DAG's tags")
+    dagrun_timeout_s: int = Field(8 * 3600, description="seconds a whole DAG run may take")
     job_config: str = Field(description="job YAML, relative to the repository root or absolute")
-    backend: Literal["spark", "databricks"] = "spark"
-    spark_conn_id: str = "spark_default"
-    databricks_conn_id: str = "databricks_default"
-    databricks: DatabricksSection | None = None
+    backend: Literal["spark", "databricks"] = Field(
+        "spark", description="spark: SparkSubmitOperator; databricks: DatabricksSubmitRunOperator"
+    )
+    spark_conn_id: str = Field("spark_default", description="Airflow connection of the Spark master")
+    databricks_conn_id: str = Field("databricks_default", description="Airflow connection of the workspace")
+    databricks: DatabricksSection | None = Field(None, description="required with backend: databricks")
     sensor: SensorSection = Field(default_factory=SensorSection)
     submit: SubmitSection = Field(default_factory=SubmitSection)
     auto_promote: bool = Field(False, description="shadow DAG: promote the challenger on a passing verdict")

@@ -136,3 +136,18 @@ def test_gpu_profile_points_at_the_shipped_discovery_script() -> None:
     assert script.is_file() and script.stat().st_mode & 0o111
     assert profile.conf["spark.task.resource.gpu.amount"] == "1"
     assert profile.conf["spark.python.worker.reuse"] == "true"
+
+
+def test_configuration_reference_is_what_the_config_models_generate() -> None:
+    """docs/configuration.md lists every key the loaders accept, with its type, default and meaning:
+    regenerate it with `make docs` after changing a config model."""
+    from jobs.config import ScoringJobConfig
+    from jobs.config_docs import render, rows
+
+    written = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    assert written == render(), "docs/configuration.md is stale: run `make docs`"
+    keys = [key for key, *_ in rows(ScoringJobConfig)]
+    for key in ("model.uri", "input.read_mode", "quality.quarantine.table", "shadow.thresholds",
+                "canary.fraction", "mlflow.timeout_s", "spark.conf"):  # fmt: skip
+        assert key in keys and f"| `{key}` |" in written
+    assert "(undocumented)" not in written, "every config field has a description"
