@@ -1,10 +1,10 @@
 """Reading a path-based Delta table's log without Spark: its latest snapshot's protocol, metadata and files.
 
 Two users: schedulers (Airflow sensors and checks) that must not start a JVM, and the scoring job's file
-scan, which lists a partition's files here in milliseconds instead of planning a Spark scan (~0.2 s a job
-on 2 cores). The log is replayed from the newest complete classic checkpoint (one Parquet file or all parts
-of a multi-part one, read with pyarrow) and the JSON commits after it, which must be contiguous. Anything
-this reader does not know how to replay exactly (a V2 checkpoint, a gap in the commits, a missing first
+scan, which lists a partition's files here in milliseconds instead of planning a Spark scan. The log is
+replayed from the newest complete classic checkpoint (one Parquet file or all parts of a multi-part one, read
+with pyarrow) and the JSON commits after it, which must be contiguous. Anything this reader does not know
+how to replay exactly (a V2 checkpoint, a gap in the commits, a missing first
 commit) raises :class:`UnsupportedLogError`, and callers fall back to Spark. Row counts come from the
 ``numRecords`` file statistics Delta writes with every file (batchscore's outputs always collect them).
 """

@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from jobs.compare import METRIC_COLUMNS
 from jobs.errors import ConcurrentWriteError, InvalidInputError, SchemaMismatchError, TableLocationError
 from jobs.home import resolve_location
 from jobs.tables import (
@@ -25,9 +28,13 @@ from jobs.tables import (
 from udfs.validation import RAW_COLUMN, REASON_COLUMN
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pyspark.sql import DataFrame, SparkSession
 
-    from jobs.config import ScoringJobConfig, TableSection
+    from jobs.compare import Comparison
+    from jobs.config import ScoringJobConfig, ShadowSection, TableSection
+    from udfs.spec import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +230,7 @@ def write_quarantine(
     return total, invalid
 
 
-def comparison_schema(partition_column: str, metric_columns: Sequence[str]) -> Any:
+def comparison_schema(partition_column: str) -> Any:
     """The comparison table's columns: the model pair, counts, every metric, the verdict and its report."""
     from pyspark.sql import types as T
 
@@ -236,7 +243,7 @@ def comparison_schema(partition_column: str, metric_columns: Sequence[str]) -> A
             T.StructField("challenger_version", T.StringType()),
             T.StructField("rows_scored", T.LongType()),
             T.StructField("invalid_rows", T.LongType()),
-            *(T.StructField(name, T.DoubleType()) for name in metric_columns),
+            *(T.StructField(name, T.DoubleType()) for name in METRIC_COLUMNS),
             T.StructField("decision_threshold", T.DoubleType()),
             T.StructField("thresholds", T.StringType()),
             T.StructField("verdict", T.StringType()),
@@ -251,17 +258,43 @@ def comparison_schema(partition_column: str, metric_columns: Sequence[str]) -> A
 
 def write_comparison(
     spark: SparkSession,
-    section: TableSection,
-    row: Mapping[str, Any],
+    shadow: ShadowSection,
     ds: str | None,
-    metric_columns: Sequence[str],
+    *,
+    models: tuple[ModelRef, ModelRef],
+    comparison: Comparison,
+    counts: tuple[int, int],
+    report: Path,
+    job_run_id: str,
 ) -> None:
-    """Replace this ds and model pair's row of the comparison table (one Delta commit)."""
+    """Replace this ds and model pair's row of ``shadow.comparison`` (one Delta commit): the pair
+    (champion, challenger), the counts (rows scored, invalid rows), every metric, the verdict and the
+    report's path."""
+    champion, challenger = models
+    section = shadow.comparison
     column = section.partition_column or "ds"
-    schema = comparison_schema(column, metric_columns)
+    row: dict[str, Any] = {
+        "model_name": champion.name,
+        "champion_uri": champion.load_uri,
+        "champion_version": champion.version,
+        "challenger_uri": challenger.load_uri,
+        "challenger_version": challenger.version,
+        "rows_scored": counts[0],
+        "invalid_rows": counts[1],
+        **{name: comparison.metrics.get(name) for name in METRIC_COLUMNS},
+        "decision_threshold": shadow.decision_threshold,
+        "thresholds": json.dumps(shadow.thresholds, sort_keys=True),
+        "verdict": comparison.verdict,
+        "failed_checks": "; ".join(comparison.failed),
+        "report": str(report),
+        "job_run_id": job_run_id,
+        "compared_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
+        column: ds,
+    }
+    schema = comparison_schema(column)
     df = spark.createDataFrame([tuple(row.get(f.name) for f in schema.fields)], schema)
-    pair = {"champion_uri": row["champion_uri"], "challenger_uri": row["challenger_uri"]}
+    pair = {"champion_uri": champion.load_uri, "challenger_uri": challenger.load_uri}
     if section.partition_column is None:  # an unpartitioned table: this ds's row of the pair
-        write_idempotent(df, section, None, row["job_run_id"], match={"ds": ds, **pair})
+        write_idempotent(df, section, None, job_run_id, match={"ds": ds, **pair})
     else:
-        write_idempotent(df, section, ds, row["job_run_id"], match=pair)
+        write_idempotent(df, section, ds, job_run_id, match=pair)

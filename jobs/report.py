@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from jobs.compare import Comparison
+from jobs.compare import Comparison, ScoreSample
 
 
 def write_plots(
@@ -96,3 +96,13 @@ def write_markdown(comparison: Comparison, context: Mapping[str, Any], plots: li
     ]
     path.write_text("\n".join(lines))
     return path
+
+
+def write_report(
+    comparison: Comparison, sample: ScoreSample, context: Mapping[str, Any], folder: Path
+) -> Path:
+    """The plots of ``sample`` (none when it is empty) and the Markdown report in ``folder``; returns the
+    report's path."""
+    plots = write_plots(sample.champion, sample.challenger, sample.labels, folder) if len(sample) else []
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_markdown(comparison, context, plots, folder / "report.md")

@@ -26,6 +26,7 @@ from jobs.names import check_job_names
 from jobs.outputs import write_quarantine
 from jobs.planning import Lineage
 from jobs.registry import resolve_model
+from jobs.schema_check import check_input_schema
 from jobs.scoring import Keep, executor_errors, kept, score, stats_accumulator, with_lineage
 from jobs.tables import validate_ds
 from jobs.tracking import JobRun, job_run, quiet_mlflow, tracking_target
@@ -153,6 +154,22 @@ class JobContext:
         return ScoredRows(scored, scored.count() if persist else None, 0)
 
 
+def log_runtime(runtime: Mapping[str, float]) -> None:
+    """One line of the workers' model loads, batch latencies and stage times, when they reported any."""
+    if runtime.get("model_batches"):
+        log.info(
+            "model loads %d over %d worker(s); batch latency p50 %.1f ms, p99 %.1f ms; "
+            "decode %.1f s, compute %.1f s, encode %.1f s",
+            runtime["model_loads"],
+            runtime["scoring_workers"],
+            runtime["batch_latency_p50_ms"],
+            runtime["batch_latency_p99_ms"],
+            runtime["decode_total_s"],
+            runtime["compute_total_s"],
+            runtime["encode_total_s"],
+        )
+
+
 class ScoringJob(Generic[ResultT]):
     """A job that plugs into :func:`run_job`: override :meth:`plan` and :meth:`step`, and what differs."""
 
@@ -173,7 +190,8 @@ class ScoringJob(Generic[ResultT]):
     def plan(
         self, cfg: ScoringJobConfig, models: Mapping[str, ResolvedModel], source: ScoringInput
     ) -> ScoringPlan:
-        """The plan the workers run, checked against the input (every problem at once)."""
+        """The plan the workers run (for a pair of models, :func:`jobs.planning.pair_plan`'s, whose models
+        are the first two roles); the runner checks the input against each model's part of it."""
         raise NotImplementedError
 
     def run_name(self, cfg: ScoringJobConfig, ds: str | None) -> str:
@@ -213,6 +231,9 @@ def run_job(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None, job: Sco
         log.info("%s %s pinned to %s (run %s)", role, ref.requested_uri, ref.load_uri, ref.run_id)
     source = ScoringInput.open(spark, cfg.input, ds)
     plan = job.plan(cfg, models, source)
+    parts = [part for _, part in plan.pair] if plan.pair else [plan]
+    for resolved, part in zip(models.values(), parts, strict=False):
+        check_input_schema(source, resolved, part, cfg)  # every problem at once, before any work
     if ds is not None:
         source.partition_files()  # a missing partition fails here, before the run starts
     with job_run(cfg.mlflow, run_name=job.run_name(cfg, ds)) as tracker, kept() as keep:

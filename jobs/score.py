@@ -18,9 +18,8 @@ from jobs.errors import TableLocationError
 from jobs.home import resolve_location
 from jobs.outputs import committed_rows, write_idempotent
 from jobs.planning import PlanRequest, build_plan, pair_plan
-from jobs.runner import JobContext, ScoringJob, run_job
+from jobs.runner import JobContext, ScoringJob, log_runtime, run_job
 from jobs.runner import main as run_main
-from jobs.schema_check import check_input_schema
 from jobs.scoring import with_lineage
 
 if TYPE_CHECKING:
@@ -70,17 +69,10 @@ class ScoreJob(ScoringJob[ScoreResult]):
         self, cfg: ScoringJobConfig, models: Mapping[str, ResolvedModel], source: ScoringInput
     ) -> ScoringPlan:
         request = PlanRequest.for_job(cfg)
-        model = models["model"]
         if "challenger" not in models:
-            plan = build_plan(model, request, source.columns, check_columns=False)
-            check_input_schema(source, model, plan, cfg)
-            return plan
+            return build_plan(models["model"], request, source.columns, check_columns=False)
         # Canary: both models score every row; the entity's variant picks the score.
-        challenger = models["challenger"]
-        plan, first, second = pair_plan(model, challenger, request, source.columns)
-        check_input_schema(source, model, first, cfg)
-        check_input_schema(source, challenger, second, cfg)
-        return plan
+        return pair_plan(models["model"], models["challenger"], request, source.columns)[0]
 
     def params(self, ctx: JobContext) -> dict[str, Any]:
         cfg, ref = ctx.cfg, ctx.models["model"].ref
@@ -152,7 +144,6 @@ def _output(cfg: ScoringJobConfig) -> str:
 
 
 def _log_summary(cfg: ScoringJobConfig, result: ScoreResult) -> None:
-    runtime = result.runtime
     if result.rows_scored == 0 and result.invalid_rows == 0:
         log.warning(
             "partition %s of %s had no rows; the output partition is empty (a rerun that finds it empty "
@@ -166,21 +157,9 @@ def _log_summary(cfg: ScoringJobConfig, result: ScoreResult) -> None:
             result.invalid_rows,
             cfg.quarantine_section().describe(),
         )
-    log.info(
-        "scored %d rows in %.1f s (%.0f rows/s)", result.rows_scored, result.duration_s, result.rows_per_s
-    )
-    if runtime.get("model_batches"):
-        log.info(
-            "model loads %d over %d worker(s); batch latency p50 %.1f ms, p99 %.1f ms; "
-            "decode %.1f s, compute %.1f s, encode %.1f s",
-            runtime["model_loads"],
-            runtime["scoring_workers"],
-            runtime["batch_latency_p50_ms"],
-            runtime["batch_latency_p99_ms"],
-            runtime["decode_total_s"],
-            runtime["compute_total_s"],
-            runtime["encode_total_s"],
-        )
+    rate = result.rows_per_s
+    log.info("scored %d rows in %.1f s (%.0f rows/s)", result.rows_scored, result.duration_s, rate)
+    log_runtime(result.runtime)
 
 
 JOB = ScoreJob()

@@ -26,7 +26,6 @@ from udfs.validation import ERROR_MARKER, INVALID_COLUMN, INVALID_FIELDS, RAW_CO
 if TYPE_CHECKING:
     from pyspark.accumulators import AccumulatorParam
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import StructType
 
     from jobs.file_scan import FileScan
     from jobs.inputs import ScoringInput
@@ -93,19 +92,12 @@ def transform(
 
 
 def transform_files(
-    spark: SparkSession,
-    schema: StructType,
-    scan: FileScan,
-    ref: ModelRef,
-    plan: ScoringPlan,
-    *,
-    lineage: Lineage | None,
-    stats: Any = None,
-    keep: Keep | None = None,
+    source: ScoringInput, scan: FileScan, ref: ModelRef, plan: ScoringPlan, *, stats: Any, keep: Keep | None
 ) -> DataFrame:
-    """Score the files of ``scan`` (the data files of an input of ``schema``): the same rows and columns as
-    :func:`transform`, but each task reads its own files with pyarrow. ``keep`` (see :func:`kept`) gets the
-    rows as the workers return them, before the partition values are added."""
+    """Score the files of ``scan`` (the data files of ``source``): the same rows and columns as
+    :func:`transform` without lineage, but each task reads its own files with pyarrow. ``keep`` (see
+    :func:`kept`) gets the rows as the workers return them, before the partition values are added."""
+    spark, schema = source.spark, source.schema
     # One task per file group, without a shuffle: spark.range gives each partition exactly one group number.
     groups = scan.file_groups(spark.sparkContext.defaultParallelism)
     tasks = spark.range(0, len(groups), 1, numPartitions=len(groups))
@@ -130,7 +122,7 @@ def transform_files(
     ]
     if plan.on_invalid == "quarantine":
         columns += _FLATTENED_INVALID
-    return with_lineage(scored.selectExpr(*columns), lineage)
+    return scored.selectExpr(*columns)
 
 
 def score(
@@ -146,16 +138,14 @@ def score(
     it, else through Spark. ``keep``: from :func:`kept`, when the result is read more than once."""
     needed = list(unique([*plan.passthrough_columns, *plan.feature_columns]))
     scan, why = source.file_scan(needed)
-    if scan is None:
-        if source.read_mode == "files":
-            raise SchemaMismatchError(f"input.read_mode is files but {why}; use auto or dataframe")
-        log.info("reading %s through Spark: %s", source.describe(), why)
-        scored = transform(source.frame, ref, plan, None, stats)
-        return with_lineage(scored if keep is None else keep(scored), lineage)
-    log.info("tasks read %d file(s) of %s directly (%s)", len(scan.files), source.describe(), why)
-    return transform_files(
-        source.spark, source.schema, scan, ref, plan, lineage=lineage, stats=stats, keep=keep
-    )
+    if scan is not None:
+        log.info("tasks read %d file(s) of %s directly (%s)", len(scan.files), source.describe(), why)
+        return with_lineage(transform_files(source, scan, ref, plan, stats=stats, keep=keep), lineage)
+    if source.read_mode == "files":
+        raise SchemaMismatchError(f"input.read_mode is files but {why}; use auto or dataframe")
+    log.info("reading %s through Spark: %s", source.describe(), why)
+    scored = transform(source.frame, ref, plan, None, stats)
+    return with_lineage(scored if keep is None else keep(scored), lineage)
 
 
 @contextmanager

@@ -12,7 +12,6 @@ fail).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -20,15 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.compare import METRIC_COLUMNS, Comparison, sample_scores
+from jobs.compare import Comparison, sample_scores
 from jobs.errors import TableLocationError
 from jobs.home import batchscore_home
 from jobs.outputs import write_comparison, write_idempotent
 from jobs.planning import PlanRequest, pair_plan
-from jobs.report import write_markdown, write_plots
+from jobs.report import write_report
 from jobs.runner import JobContext, ScoringJob, run_job
 from jobs.runner import main as run_main
-from jobs.schema_check import check_input_schema
 from jobs.scoring import with_lineage
 
 if TYPE_CHECKING:
@@ -80,12 +78,8 @@ class ShadowJob(ScoringJob[ShadowResult]):
         self, cfg: ScoringJobConfig, models: Mapping[str, ResolvedModel], source: ScoringInput
     ) -> ScoringPlan:
         label = _shadow(cfg).label_column
-        champion, challenger = models["champion"], models["challenger"]
-        plan, first, second = pair_plan(
-            champion, challenger, PlanRequest.for_job(cfg), source.columns, extra=[label] if label else []
-        )
-        check_input_schema(source, champion, first, cfg)
-        check_input_schema(source, challenger, second, cfg)
+        request, extra = PlanRequest.for_job(cfg), [label] if label else []
+        plan = pair_plan(models["champion"], models["challenger"], request, source.columns, extra=extra)[0]
         if label and label not in source.columns:
             raise TableLocationError(f"shadow.label_column {label!r} is not an input column")
         return plan
@@ -111,7 +105,7 @@ class ShadowJob(ScoringJob[ShadowResult]):
         cfg, ds, shadow = ctx.cfg, ctx.ds, _shadow(ctx.cfg)
         champion, challenger = ctx.models["champion"].ref, ctx.models["challenger"].ref
         score_column, shadow_column = (out.name for out in ctx.plan.outputs)
-        passthrough = [c for c in ctx.plan.pair[0][1].passthrough_columns] if ctx.plan.pair else []
+        passthrough = PlanRequest.for_job(cfg).passthrough_columns  # not the label
         scored = ctx.score(persist=True)  # read three times: two outputs and the comparison sample
         rows = scored.rows or 0
         stats_columns = [*cfg.output.key_columns, score_column]
@@ -132,16 +126,10 @@ class ShadowJob(ScoringJob[ShadowResult]):
         )
         comparison = sample.compare(threshold=shadow.decision_threshold, thresholds=shadow.thresholds)
         folder = batchscore_home() / "reports" / cfg.name / (ds or "all") / ctx.run_id
-        plots = write_plots(sample.champion, sample.challenger, sample.labels, folder) if len(sample) else []
-        context = {
-            "model_name": champion.name,
-            "champion_version": champion.version,
-            "challenger_version": challenger.version,
-            "ds": ds,
-            "rows_scored": rows,
-            "job_run_id": ctx.run_id,
-        }
-        report = write_markdown(comparison, context, plots, folder / "report.md")
+        context = {"model_name": champion.name, "champion_version": champion.version,
+                   "challenger_version": challenger.version, "ds": ds, "rows_scored": rows,
+                   "job_run_id": ctx.run_id}  # fmt: skip
+        report = write_report(comparison, sample, context, folder)
         ctx.tracker.log_metrics(
             {
                 **{k: v for k, v in comparison.metrics.items() if np.isfinite(v)},
@@ -153,25 +141,16 @@ class ShadowJob(ScoringJob[ShadowResult]):
             }
         )
         ctx.tracker.log_artifacts(folder, "shadow_report")
-        row = {
-            "model_name": champion.name,
-            "champion_uri": champion.load_uri,
-            "champion_version": champion.version,
-            "challenger_uri": challenger.load_uri,
-            "challenger_version": challenger.version,
-            "rows_scored": rows,
-            "invalid_rows": scored.invalid,
-            **{name: comparison.metrics.get(name) for name in METRIC_COLUMNS},
-            "decision_threshold": shadow.decision_threshold,
-            "thresholds": json.dumps(shadow.thresholds, sort_keys=True),
-            "verdict": comparison.verdict,
-            "failed_checks": "; ".join(comparison.failed),
-            "report": str(report),
-            "job_run_id": ctx.run_id,
-            "compared_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
-            (shadow.comparison.partition_column or "ds"): ds,
-        }
-        write_comparison(ctx.spark, shadow.comparison, row, ds, METRIC_COLUMNS)
+        write_comparison(
+            ctx.spark,
+            shadow,
+            ds,
+            models=(champion, challenger),
+            comparison=comparison,
+            counts=(rows, scored.invalid),
+            report=report,
+            job_run_id=ctx.run_id,
+        )
         return ShadowResult(
             comparison, rows, scored.invalid, ctx.run_id, report, champion.load_uri, challenger.load_uri, ds
         )

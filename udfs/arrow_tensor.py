@@ -55,8 +55,8 @@ def features_to_numpy(
     """The batch's feature columns as one contiguous float32 buffer, shaped ``(rows, features)``.
 
     Numeric columns fill a preallocated buffer column by column (one cast, no intermediate frame); the
-    buffer is column-major (``F_CONTIGUOUS``), or row-major with ``row_major`` (for kernels that read rows:
-    strided writes, ~0.02 us/row more for 32 doubles). One array column (an embedding, an image) is
+    buffer is column-major (``F_CONTIGUOUS``), or row-major with ``row_major`` (for kernels that read rows,
+    at the cost of strided writes). One array column (an embedding, an image) is
     reshaped in place to ``(rows, *row_shape)``, e.g. ``(rows, 3, 64, 64)``; several are laid side by side.
     """
     blocks = [block for name in columns for block in _column_blocks(batch.column(name), name)]
@@ -66,7 +66,7 @@ def features_to_numpy(
             out = np.ascontiguousarray(blocks[0], dtype=np.float32)
         else:
             # Filled feature by feature: in the default column-major buffer each Arrow column is one
-            # sequential write (10x faster than strided writes into a row-major one), and torch's matmuls
+            # sequential write (much cheaper than strided writes into a row-major one), and torch's matmuls
             # consume the (rows, features) view without a copy; row-major for kernels that read rows.
             out = np.empty(
                 (rows, sum(b.shape[1] for b in blocks)), dtype=np.float32, order="C" if row_major else "F"

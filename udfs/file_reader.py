@@ -35,8 +35,8 @@ def open_parquet(uri: str) -> Any:
 
 
 # A row group of flat columns (numbers, strings) whose needed columns decode to at most this many bytes is
-# read in one call and then sliced: ~20% less CPU than batch by batch for narrow rows, where pyarrow's
-# per-batch cost shows. Larger row groups, and nested columns (arrays: wide rows, whose whole-group read also
+# read in one call and then sliced: cheaper than batch by batch for narrow rows, where pyarrow's per-batch
+# cost shows. Larger row groups, and nested columns (arrays: wide rows, whose whole-group read also
 # materialises their repetition levels) are read batch by batch, so a worker's memory stays bounded.
 WHOLE_ROW_GROUP_BYTES = 96 << 20
 

@@ -7,8 +7,8 @@ counts its loads so tests can prove "once per worker".
 
 After each load the worker's live objects (its imports, the resident models) are frozen out of the cyclic
 garbage collector's reach: pyspark's daemon runs ``gc.collect()`` after every task of a reused worker, and
-with torch and MLflow imported that walks ~440,000 objects (0.19 s alone, 0.2-0.3 s on a busy core), which
-delayed the start of every task but a worker's first. Evicting a model unfreezes them, so the evicted model
+with torch and MLflow imported that walks hundreds of thousands of objects, which would delay the start of
+every task but a worker's first. Evicting a model unfreezes them, so the evicted model
 is collected as usual.
 """
 

@@ -28,10 +28,8 @@ import pyarrow.compute as pc
 REASON_COLUMN = "_invalid_reason"
 RAW_COLUMN = "_invalid_row"
 # Workers hand both back to the JVM in one struct column, null for every scored row: Spark turns each Arrow
-# column into row values one call per row, and a null struct is one call where two null strings were two.
-# 10 M rows into a noop sink, the JVM's CPU over the same job with on_invalid: fail: 0.35-0.62 core-s with
-# two columns, 0.25-0.42 with the struct (means 0.48 and 0.33, three sessions each). The jobs
-# flatten it into the two columns above.
+# column into row values one call per row, and a null struct is one call where two null strings were two,
+# a visible share of the JVM's work per row. The jobs flatten it into the two columns above.
 INVALID_COLUMN = "_invalid"
 INVALID_FIELDS = ("reason", "row")
 INVALID_TYPE = pa.struct([(name, pa.string()) for name in INVALID_FIELDS])
