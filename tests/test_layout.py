@@ -1,0 +1,59 @@
+"""The code's shape, as docs/architecture.md draws it: small modules, udfs/ apart from jobs/, jobs apart
+from each other, no sys.path tricks."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULES = sorted([*(ROOT / "jobs").rglob("*.py"), *(ROOT / "udfs").rglob("*.py")])
+JOBS = ("score", "shadow", "promote")  # entry points: each plugs into jobs.runner, none imports another
+
+
+def _imports(path: Path, *, top_level_only: bool = False) -> set[str]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_no_module_is_longer_than_400_lines() -> None:
+    long = {str(p.relative_to(ROOT)): n for p in MODULES if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long
+
+
+def test_udfs_never_import_jobs_nor_pyspark_at_module_level() -> None:
+    for path in (ROOT / "udfs").glob("*.py"):
+        anywhere = _imports(path)
+        assert not {m for m in anywhere if m == "jobs" or m.startswith("jobs.")}, path.name
+        top = _imports(path, top_level_only=True)
+        assert not {m for m in top if m.split(".")[0] in ("pyspark", "torch", "mlflow")}, path.name
+
+
+def test_no_job_imports_another_job() -> None:
+    for job in JOBS:
+        imported = _imports(ROOT / "jobs" / f"{job}.py")
+        others = {f"jobs.{other}" for other in JOBS if other != job}
+        assert not imported & others, (job, imported & others)
+
+
+def test_nothing_changes_sys_path() -> None:
+    for path in MODULES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "path"
+                and getattr(node.value, "id", "") == "sys"
+            ):
+                raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} uses sys.path")
+
+
+def test_entry_points_stay_thin() -> None:
+    sizes = {job: len((ROOT / "jobs" / f"{job}.py").read_text().splitlines()) for job in JOBS}
+    assert all(size < 200 for size in sizes.values()), sizes
