@@ -202,3 +202,17 @@ def test_force_promotes_without_a_comparison_and_says_so(
     done = promote(spark, ScoringJobConfig.model_validate(document), force=True, reason="hotfix")
     tags = MlflowClient(registry.tracking_uri).get_model_version(promo, done.champion).tags
     assert tags["batchscore.promoted_reason"].startswith("--force (hotfix); no comparison")
+
+
+def test_shadow_under_on_invalid_fail_counts_and_compares_without_a_quarantine(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    from tests.helpers import with_sections
+
+    cfg = shadow_config(input_path, tmp_path, f"models:/fraud/{registry.champion}")
+    result = run(spark, with_sections(cfg, quality={"on_invalid": "fail"}), DS)
+    assert result.rows_scored == ROWS_PER_DAY and result.invalid_rows == 0
+    assert result.comparison.metrics["rows"] == ROWS_PER_DAY and result.verdict == "pass"
+    shadow_rows = spark.read.format("delta").load(str(tmp_path / "shadow_scores")).where(f"ds = '{DS}'")
+    assert shadow_rows.count() == ROWS_PER_DAY
+    assert not (tmp_path / "scores_quarantine").exists(), "nothing was quarantined, no table made"
