@@ -627,20 +627,19 @@ def ours_job(spark: Any, cfg: Any, model_uri: str, tracking: str) -> Callable[[]
     from jobs.inputs import ScoringInput
     from jobs.planning import PlanRequest, build_plan
     from jobs.registry import resolve_model
-    from jobs.scoring import score, stats_accumulator
-    from udfs.stats import summary_metrics
+    from jobs.scoring import RuntimeStats, score
 
     resolved = resolve_model(model_uri, tracking)
     columns = ScoringInput.open(spark, cfg.input, DS).columns
     plan = build_plan(resolved, PlanRequest.for_job(cfg), columns)
 
     def once() -> dict[str, float]:
-        stats = stats_accumulator(spark)
+        stats = RuntimeStats()
         source = ScoringInput.open(spark, cfg.input, DS)
         source.partition_files()  # listed as a job lists them, before scoring
         scored = score(source, resolved.ref, plan, lineage=None, stats=stats)
         noop(scored.select(*cfg.output.key_columns, "score"))  # what the anchors' noop paths produce
-        return summary_metrics(stats.value)
+        return stats.summary()
 
     return once
 

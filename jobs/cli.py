@@ -5,7 +5,7 @@ batchscore jars                     print the cached jars, comma-separated (for 
 batchscore score --config F …       run the scoring job in this process
 batchscore shadow --config F …      champion and challenger in one pass, compared (verdict, report)
 batchscore promote --config F [--rollback|--force]  move the champion alias (gated by the comparison)
-batchscore submit score|shadow --config F …  run a job through spark-submit
+batchscore submit score|shadow --config F [--master URL] …  run a job through spark-submit
 batchscore demo                     models, input and a spark-submit run on the embedded stack
 """
 

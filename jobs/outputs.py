@@ -196,11 +196,9 @@ def committed_rows(spark: SparkSession, section: TableSection, commit_tag: str, 
     return int(rows.count())
 
 
-def write_quarantine(
-    scored: DataFrame, cfg: ScoringJobConfig, ds: str | None, job_run_id: str
-) -> tuple[int, int]:
-    """Count the scored rows (one pass, from the persisted result), enforce ``max_invalid_fraction``, and
-    replace the quarantine partition with this run's invalid rows. Returns ``(rows, invalid rows)``."""
+def count_invalid(scored: DataFrame, cfg: ScoringJobConfig) -> tuple[int, int]:
+    """``(rows, invalid rows)`` of the scored rows (one pass, from the persisted result); above
+    ``quality.max_invalid_fraction`` an :class:`InvalidInputError`, before anything is written."""
     from pyspark.sql import functions as F
 
     counts = scored.select(F.count(F.lit(1)).alias("rows"), F.count(REASON_COLUMN).alias("invalid")).first()
@@ -213,8 +211,18 @@ def write_quarantine(
             f"quality.max_invalid_fraction={limit:g}; nothing was written. First reasons: "
             + "; ".join(repr(r[0]) for r in sample)
         )
+    return total, invalid
+
+
+def write_quarantine(
+    scored: DataFrame, cfg: ScoringJobConfig, ds: str | None, job_run_id: str, invalid: int
+) -> None:
+    """Replace the quarantine partition with this run's ``invalid`` rows of ``scored`` (with lineage); a
+    rerun with none clears what an earlier run left there."""
+    from pyspark.sql import functions as F
+
     quarantine = cfg.quarantine_section()
-    if invalid or table_exists(scored.sparkSession, quarantine):  # a rerun must clear stale rows too
+    if invalid or table_exists(scored.sparkSession, quarantine):
         partition = [cfg.output.partition_column] if cfg.output.partition_column else []
         rows = scored.where(F.col(REASON_COLUMN).isNotNull()).select(
             *cfg.output.key_columns,
@@ -227,7 +235,6 @@ def write_quarantine(
             *partition,
         )
         write_idempotent(rows, quarantine, ds, commit_tag=job_run_id, stats_columns=cfg.output.key_columns)
-    return total, invalid
 
 
 def comparison_schema(partition_column: str) -> Any:

@@ -189,15 +189,15 @@ def _output_field(out: OutputField, nullable: bool) -> Any:
 
 def output_schema(schema: StructType, plan: ScoringPlan) -> StructType:
     """The schema of what the workers return for an input of ``schema``: pass-through columns, prediction
-    columns, and (quarantining) the struct of an invalid row's reason and raw values."""
+    columns, and the row's status struct: null for scored rows, an invalid row's reason and raw values, and
+    on one row per task the task's stats."""
     from pyspark.sql import types as T
 
     quarantining = plan.on_invalid == "quarantine"
     fields = [schema[name] for name in plan.passthrough_columns]
     fields += [_output_field(out, nullable=quarantining) for out in plan.outputs]
-    if quarantining:  # null for scored rows; reason and raw row JSON for invalid ones
-        invalid = T.StructType([T.StructField(name, T.StringType()) for name in INVALID_FIELDS])
-        fields.append(T.StructField(INVALID_COLUMN, invalid))
+    status = T.StructType([T.StructField(name, T.StringType()) for name in INVALID_FIELDS])
+    fields.append(T.StructField(INVALID_COLUMN, status))
     return T.StructType(fields)
 
 

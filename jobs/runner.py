@@ -23,14 +23,13 @@ from jobs.config import load_job_config
 from jobs.errors import BatchscoreError
 from jobs.inputs import ScoringInput
 from jobs.names import check_job_names
-from jobs.outputs import write_quarantine
+from jobs.outputs import count_invalid, write_quarantine
 from jobs.planning import Lineage
 from jobs.registry import resolve_model
 from jobs.schema_check import check_input_schema
-from jobs.scoring import Keep, executor_errors, kept, score, stats_accumulator, with_lineage
+from jobs.scoring import Keep, RuntimeStats, executor_errors, kept, score, with_lineage
 from jobs.tables import validate_ds
 from jobs.tracking import JobRun, job_run, quiet_mlflow, tracking_target
-from udfs.stats import summary_metrics
 from udfs.validation import RAW_COLUMN, REASON_COLUMN
 
 if TYPE_CHECKING:
@@ -92,17 +91,18 @@ def job_parser(prog: str, description: str, *, ds_help: str | None = None) -> ar
 @dataclass(frozen=True)
 class ScoredRows:
     """What a run scored: the valid rows (without lineage), how many (None until written, when nothing
-    had to count them), and how many invalid rows went to quarantine."""
+    had to count them), how many are invalid, and every row with its reason (None without quarantine)."""
 
     valid: DataFrame
     rows: int | None
     invalid: int
+    checked: DataFrame | None = None
 
 
 @dataclass
 class JobContext:
     """One run of a job, as its step sees it: the resolved models (the first is the one the plan scores
-    with), the opened input, the plan, the MLflow run, and the stats accumulator."""
+    with), the opened input, the plan, the MLflow run, and the workers' runtime stats."""
 
     spark: SparkSession
     cfg: ScoringJobConfig
@@ -112,7 +112,7 @@ class JobContext:
     plan: ScoringPlan
     tracker: JobRun
     keep: Keep
-    stats: Any = None
+    stats: RuntimeStats | None = None  # set by score()
     started: float = field(default_factory=time.perf_counter)
     _lineages: dict[str, Lineage] = field(default_factory=dict)
 
@@ -129,29 +129,38 @@ class JobContext:
         return self._lineages[role]
 
     def runtime(self) -> dict[str, float]:
-        """The workers' model loads, batch latencies and stage times (empty on Spark Connect)."""
-        return summary_metrics(self.stats.value) if self.stats is not None else {}
+        """The workers' model loads, batch latencies and stage times of this run's scoring (after a write
+        or count computed it)."""
+        if self.stats is None:
+            raise RuntimeError("the run has not scored anything yet")
+        return self.stats.summary()
 
     def score(self, *, persist: bool = False) -> ScoredRows:
         """Score the input. Under ``quality.on_invalid: quarantine`` the rows are persisted and counted,
-        the job fails above ``max_invalid_fraction``, and the invalid rows replace the quarantine
-        partition; the valid rows come back. ``persist`` keeps (and counts) them for a step that reads
-        them more than once."""
+        and the job fails above ``max_invalid_fraction``; nothing is written yet (:meth:`quarantine`).
+        ``persist`` keeps (and counts) the rows for a step that reads them more than once."""
         from pyspark.sql import functions as F
 
         quarantining = self.plan.on_invalid == "quarantine"
         ref = next(iter(self.models.values())).ref
         keep = self.keep if quarantining or persist else None
+        self.stats = RuntimeStats()
         # Lineage columns are constants: added after the (persisted) scores, so the cache stays narrow.
         scored = score(self.source, ref, self.plan, lineage=None, stats=self.stats, keep=keep)
         if quarantining:
-            first = next(iter(self.models))
-            total, invalid = write_quarantine(
-                with_lineage(scored, self.lineage(first)), self.cfg, self.ds, self.run_id
-            )
+            total, invalid = count_invalid(scored, self.cfg)
             valid = scored.where(F.col(REASON_COLUMN).isNull()).drop(REASON_COLUMN, RAW_COLUMN)
-            return ScoredRows(valid, total - invalid, invalid)
+            return ScoredRows(valid, total - invalid, invalid, scored)
         return ScoredRows(scored, scored.count() if persist else None, 0)
+
+    def quarantine(self, scored: ScoredRows) -> None:
+        """Replace the quarantine partition with the run's invalid rows (the first model's lineage): the
+        first write of a run, so the output only moves to a run whose quarantine rows are in place."""
+        if scored.checked is not None:
+            lineage = self.lineage(next(iter(self.models)))
+            write_quarantine(
+                with_lineage(scored.checked, lineage), self.cfg, self.ds, self.run_id, scored.invalid
+            )
 
 
 def log_runtime(runtime: Mapping[str, float]) -> None:
@@ -237,9 +246,7 @@ def run_job(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None, job: Sco
     if ds is not None:
         source.partition_files()  # a missing partition fails here, before the run starts
     with job_run(cfg.mlflow, run_name=job.run_name(cfg, ds)) as tracker, kept() as keep:
-        ctx = JobContext(
-            spark, cfg, ds, models, source, plan, tracker, keep, stats_accumulator(spark), started
-        )
+        ctx = JobContext(spark, cfg, ds, models, source, plan, tracker, keep, started=started)
         tracker.log_params({"job": cfg.name, "ds": ds, **job.params(ctx)})
         with executor_errors():
             return job.step(ctx)

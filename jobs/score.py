@@ -93,6 +93,7 @@ class ScoreJob(ScoringJob[ScoreResult]):
         canary = "challenger" in ctx.models
         log.info("scoring %s into %s", cfg.input.describe(), _output(cfg))
         scored = ctx.score()
+        ctx.quarantine(scored)
         if canary:
             valid = apply_canary(scored.valid, cfg, plan, ctx.lineage("model"), ctx.lineage("challenger"))
         else:

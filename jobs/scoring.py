@@ -8,11 +8,13 @@ cross into the JVM. :func:`score` picks one for an input.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from jobs.errors import BatchscoreError, ExecutorError, InvalidInputError, SchemaMismatchError
 from jobs.planning import Lineage, output_schema, scored_names, sized_for, unique
@@ -20,11 +22,12 @@ from jobs.tables import sql_name, sql_string
 from udfs.file_reader import make_file_scorer
 from udfs.scorer import make_arrow_scorer
 from udfs.spec import ModelRef, ScoringPlan
-from udfs.stats import StatsAccumulatorParam, empty_stats
+from udfs.stats import merged, summary_metrics
 from udfs.validation import ERROR_MARKER, INVALID_COLUMN, INVALID_FIELDS, RAW_COLUMN, REASON_COLUMN
 
+STATS_FIELD = INVALID_FIELDS[2]
+
 if TYPE_CHECKING:
-    from pyspark.accumulators import AccumulatorParam
     from pyspark.sql import DataFrame, SparkSession
 
     from jobs.file_scan import FileScan
@@ -38,23 +41,89 @@ Keep = Callable[["DataFrame"], "DataFrame"]
 # The workers' struct of reason and raw row, as the two columns a scored DataFrame has (SQL text).
 _FLATTENED_INVALID = tuple(
     f"{INVALID_COLUMN}.{field} AS {column}"
-    for field, column in zip(INVALID_FIELDS, (REASON_COLUMN, RAW_COLUMN), strict=True)
+    for field, column in zip(INVALID_FIELDS[:2], (REASON_COLUMN, RAW_COLUMN), strict=True)
 )
 
+_LOCAL_MASTER = re.compile(r"^local(?:-cluster)?\[(\d+|\*)(?:\s*,\s*(\d+))?")
 
-def stats_accumulator(spark: SparkSession) -> Any:
-    """A Spark accumulator collecting the workers' loads and batch timings (None on Spark Connect)."""
-    try:
-        context = spark.sparkContext
-    except Exception:  # Spark Connect sessions have no SparkContext
-        return None
-    # One conf lookup, not getConf(), which copies every setting over py4j.
+
+def task_slots(spark: SparkSession) -> int | None:
+    """How many tasks the session runs at once, from its settings (so on any kind of session):
+    ``spark.default.parallelism``; a local master's threads (``local-cluster[n, cores, …]``: n x cores);
+    executors x cores; the standalone ``spark.cores.max``. None when the settings do not say."""
+    conf = spark.conf
+    if parallelism := conf.get("spark.default.parallelism", None):
+        return max(1, int(parallelism))
+    master = conf.get("spark.master", None) or ""
+    found = _LOCAL_MASTER.match(master)
+    if found:
+        threads = (os.cpu_count() or 1) if found.group(1) == "*" else int(found.group(1))
+        if master.startswith("local-cluster") and found.group(2):
+            return threads * int(found.group(2))
+        return max(1, threads)
+    executors, cores = conf.get("spark.executor.instances", None), conf.get("spark.executor.cores", None)
+    if executors and cores:
+        return max(1, int(executors) * int(cores))
+    if cores_max := conf.get("spark.cores.max", None):
+        return max(1, int(cores_max))
+    return None
+
+
+class RuntimeStats:
+    """The workers' model loads, devices and batch timings of one scoring query.
+
+    Each task sends its stats on one row of its last batch (:func:`udfs.scorer.with_task_stats`); an
+    observed metric of the query collects them as the first action that computes it runs. Spark merges an
+    observed metric from successful task attempts only, so a retried task counts once, and it works on a
+    classic session and over Spark Connect alike.
+    """
+
+    def __init__(self) -> None:
+        from pyspark.sql import Observation
+
+        self._observation = Observation(f"batchscore_stats_{uuid.uuid4().hex[:12]}")
+        self._observed = False
+
+    def observe(self, scored: DataFrame) -> DataFrame:
+        """``scored`` (the workers' output, with its status struct) with the stats observed."""
+        from pyspark.sql import functions as F
+
+        if self._observed:
+            raise RuntimeError("RuntimeStats observes one scoring query; make one per query")
+        self._observed = True
+        stats = F.collect_list(F.col(f"{INVALID_COLUMN}.{STATS_FIELD}")).alias("stats")
+        return scored.observe(self._observation, stats)
+
+    def merged(self) -> dict[str, Any]:
+        """Every task's stats, merged (:func:`udfs.stats.merge`). Call it only after an action computed
+        the observed query: before, Spark has no value to give and would wait."""
+        if not self._observed:
+            raise RuntimeError("no scoring query was observed")
+        return merged(self._observation.get["stats"] or [])
+
+    def summary(self) -> dict[str, float]:
+        """The job's runtime metrics (:func:`udfs.stats.summary_metrics`)."""
+        return summary_metrics(self.merged())
+
+
+def _warn_without_worker_reuse(spark: SparkSession) -> None:
     if (spark.conf.get("spark.python.worker.reuse", "true") or "").lower() != "true":
         log.warning(
             "spark.python.worker.reuse is off: each task starts a Python worker that loads the model again"
         )
-    # The parameter is duck-typed so that workers unpickle it from udfs without pyspark's base class.
-    return context.accumulator(empty_stats(), cast("AccumulatorParam[Any]", StatsAccumulatorParam()))
+
+
+def _project(
+    scored: DataFrame, plan: ScoringPlan, columns: list[str], stats: RuntimeStats | None
+) -> DataFrame:
+    """The workers' output as the scored DataFrame's columns: ``columns`` (SQL), then the reason and raw
+    values of invalid rows when quarantining; the stats observed on the way when asked."""
+    if stats is not None:
+        scored = stats.observe(scored)
+    if plan.on_invalid == "quarantine":
+        columns = [*columns, *_FLATTENED_INVALID]
+    projected: DataFrame = scored.selectExpr(*columns)
+    return projected
 
 
 def with_lineage(scored: DataFrame, lineage: Lineage | None) -> DataFrame:
@@ -75,31 +144,39 @@ def with_lineage(scored: DataFrame, lineage: Lineage | None) -> DataFrame:
 
 
 def transform(
-    df: DataFrame, ref: ModelRef, plan: ScoringPlan, lineage: Lineage | None, stats: Any = None
+    df: DataFrame,
+    ref: ModelRef,
+    plan: ScoringPlan,
+    lineage: Lineage | None,
+    stats: RuntimeStats | None = None,
 ) -> DataFrame:
     """Score ``df``: pass-through columns, prediction columns, then the lineage columns.
 
-    Pure: no I/O beyond what Spark does lazily, so tests run it on small inline DataFrames. ``stats``,
-    from :func:`stats_accumulator`, collects model loads and batch timings when the result is computed.
+    Pure: no I/O beyond what Spark does lazily, so tests run it on small inline DataFrames. ``stats``
+    collects model loads and batch timings when the result is computed.
     """
     selected = df.select(*unique([*plan.passthrough_columns, *plan.feature_columns]))
     schema = df.schema
-    scorer = make_arrow_scorer(ref, sized_for(schema, plan), stats)
+    scorer = make_arrow_scorer(ref, sized_for(schema, plan))
     scored = selected.mapInArrow(scorer, output_schema(schema, plan))
-    if plan.on_invalid == "quarantine":
-        scored = scored.selectExpr(*map(sql_name, scored_names(plan)), *_FLATTENED_INVALID)
-    return with_lineage(scored, lineage)
+    return with_lineage(_project(scored, plan, list(map(sql_name, scored_names(plan))), stats), lineage)
 
 
 def transform_files(
-    source: ScoringInput, scan: FileScan, ref: ModelRef, plan: ScoringPlan, *, stats: Any, keep: Keep | None
+    source: ScoringInput,
+    scan: FileScan,
+    ref: ModelRef,
+    plan: ScoringPlan,
+    *,
+    stats: RuntimeStats | None,
+    keep: Keep | None,
 ) -> DataFrame:
     """Score the files of ``scan`` (the data files of ``source``): the same rows and columns as
     :func:`transform` without lineage, but each task reads its own files with pyarrow. ``keep`` (see
     :func:`kept`) gets the rows as the workers return them, before the partition values are added."""
     spark, schema = source.spark, source.schema
     # One task per file group, without a shuffle: spark.range gives each partition exactly one group number.
-    groups = scan.file_groups(spark.sparkContext.defaultParallelism)
+    groups = scan.file_groups(task_slots(spark) or len(scan.files))
     tasks = spark.range(0, len(groups), 1, numPartitions=len(groups))
     # Partition values are constants: the JVM adds them, so Python never ships them row by row.
     in_python = replace(
@@ -107,7 +184,7 @@ def transform_files(
         passthrough_columns=tuple(c for c in plan.passthrough_columns if c not in scan.constants),
         key_columns=tuple(c for c in plan.key_columns if c not in scan.constants),
     )
-    scorer = make_file_scorer(ref, in_python, list(scan.file_columns), groups, stats)
+    scorer = make_file_scorer(ref, in_python, list(scan.file_columns), groups)
     scored = tasks.mapInArrow(scorer, output_schema(schema, in_python))
     if keep is not None:
         scored = keep(scored)
@@ -120,9 +197,7 @@ def transform_files(
         else sql_name(name)
         for name in scored_names(plan)
     ]
-    if plan.on_invalid == "quarantine":
-        columns += _FLATTENED_INVALID
-    return scored.selectExpr(*columns)
+    return _project(scored, plan, columns, stats)
 
 
 def score(
@@ -131,11 +206,12 @@ def score(
     plan: ScoringPlan,
     *,
     lineage: Lineage | None,
-    stats: Any = None,
+    stats: RuntimeStats | None = None,
     keep: Keep | None = None,
 ) -> DataFrame:
     """The scored DataFrame of ``source``: read by the tasks from the table's files when the input allows
     it, else through Spark. ``keep``: from :func:`kept`, when the result is read more than once."""
+    _warn_without_worker_reuse(source.spark)
     needed = list(unique([*plan.passthrough_columns, *plan.feature_columns]))
     scan, why = source.file_scan(needed)
     if scan is not None:

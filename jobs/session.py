@@ -62,26 +62,72 @@ def _delta_on_classpath(spark: SparkSession) -> bool:
     return True
 
 
+def _given_master() -> str | None:
+    """The master the launch already chose: ``MASTER``, or spark-submit's ``--master`` (which reaches this
+    Python driver as the running JVM's ``spark.master``). It wins over a profile's default."""
+    if os.environ.get("MASTER"):
+        return os.environ["MASTER"]
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # launched by spark-submit: its JVM holds the settings
+        from pyspark import SparkConf
+
+        conf = SparkConf()
+        return conf.get("spark.master") if conf.contains("spark.master") else None
+    return None
+
+
+def is_connect() -> bool:
+    """Whether sessions here are Spark Connect ones (pyspark's ``SPARK_REMOTE`` / ``SPARK_CONNECT_MODE``)."""
+    from pyspark.sql.utils import is_remote
+
+    return bool(is_remote())
+
+
+def _connect_session(conf: Mapping[str, str]) -> SparkSession:
+    """A Spark Connect session to ``SPARK_REMOTE``: the server owns its master, jars and static settings,
+    so only runtime SQL settings (``spark.sql.*``) of the profile and the job are applied."""
+    from pyspark.sql import SparkSession
+
+    runtime = {k: v for k, v in conf.items() if k.startswith("spark.sql.") and k not in _STATIC_SQL}
+    skipped = sorted(set(conf) - set(runtime))
+    if skipped:
+        log.debug("Spark Connect: the server's own settings stand for %s", ", ".join(skipped))
+    builder = SparkSession.builder
+    for key, value in runtime.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+_STATIC_SQL = ("spark.sql.extensions", "spark.sql.catalog.spark_catalog", "spark.sql.warehouse.dir")
+
+
 def get_or_create_session(
     profile: str = "local", extra_conf: Mapping[str, str] | None = None, home: Path | None = None
 ) -> tuple[SparkSession, bool]:
-    """Return ``(session, created)``: the active session if there is one, else a new one from ``profile``."""
+    """Return ``(session, created)``: the active session if there is one (a notebook's, Databricks'), else
+    a new one from ``profile``: a Spark Connect session when ``SPARK_REMOTE`` is set, else a classic one
+    whose master is the launch's (``MASTER``, spark-submit's ``--master``) or else the profile's."""
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
-        log.info(
-            "using the active SparkSession (app %s); it will not be stopped", active.sparkContext.appName
-        )
+        name = active.conf.get("spark.app.name", None) or "unnamed"
+        log.info("using the active SparkSession (app %s); it will not be stopped", name)
         return active, False
 
     settings = load_spark_profile(profile)
+    if is_connect():
+        spark = _connect_session({**settings.conf, **(extra_conf or {})})
+        log.info("connected to Spark Connect server %s", os.environ.get("SPARK_REMOTE", "(spark.remote)"))
+        return spark, True
     conf = session_conf(settings, extra_conf or {}, home)
     # Workers must run the interpreter that has batchscore installed, not whatever `python3` is on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(settings.app_name)
-    if settings.master:
+    given = _given_master()
+    if settings.master and not given:
         builder = builder.master(settings.master)
+    elif given and settings.master and given != settings.master:
+        log.info("master %s from the launch; profile %r's %s is not used", given, profile, settings.master)
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -92,7 +138,7 @@ def get_or_create_session(
             "Python, so jars must be given on the command line: use `batchscore submit …`, or pass "
             "`--jars $(batchscore jars)` to spark-submit."
         )
-    log.info("started SparkSession %s with profile %r", spark.sparkContext.applicationId, profile)
+    log.info("started SparkSession %s with profile %r", spark.conf.get("spark.app.id", None), profile)
     return spark, True
 
 

@@ -106,8 +106,21 @@ class ShadowJob(ScoringJob[ShadowResult]):
         champion, challenger = ctx.models["champion"].ref, ctx.models["challenger"].ref
         score_column, shadow_column = (out.name for out in ctx.plan.outputs)
         passthrough = PlanRequest.for_job(cfg).passthrough_columns  # not the label
-        scored = ctx.score(persist=True)  # read three times: two outputs and the comparison sample
+        # Everything that can fail (scoring, the invalid-row limit, the comparison, the report) comes
+        # before the first write, so a failed run leaves every table as it was.
+        scored = ctx.score(persist=True)  # read four times: the count, the sample, two outputs
         rows = scored.rows or 0
+        label = shadow.label_column
+        sample = sample_scores(
+            scored.valid, score_column, shadow_column, label, rows=rows, max_rows=shadow.max_compare_rows
+        )
+        comparison = sample.compare(threshold=shadow.decision_threshold, thresholds=shadow.thresholds)
+        folder = batchscore_home() / "reports" / cfg.name / (ds or "all") / ctx.run_id
+        context = {"model_name": champion.name, "champion_version": champion.version,
+                   "challenger_version": challenger.version, "ds": ds, "rows_scored": rows,
+                   "job_run_id": ctx.run_id}  # fmt: skip
+        report = write_report(comparison, sample, context, folder)
+        ctx.quarantine(scored)
         stats_columns = [*cfg.output.key_columns, score_column]
         for section, column, lineage in (
             (cfg.output, F.col(score_column), ctx.lineage("champion")),
@@ -120,16 +133,6 @@ class ShadowJob(ScoringJob[ShadowResult]):
                 commit_tag=ctx.run_id,
                 stats_columns=stats_columns,
             )
-        label = shadow.label_column
-        sample = sample_scores(
-            scored.valid, score_column, shadow_column, label, rows=rows, max_rows=shadow.max_compare_rows
-        )
-        comparison = sample.compare(threshold=shadow.decision_threshold, thresholds=shadow.thresholds)
-        folder = batchscore_home() / "reports" / cfg.name / (ds or "all") / ctx.run_id
-        context = {"model_name": champion.name, "champion_version": champion.version,
-                   "challenger_version": challenger.version, "ds": ds, "rows_scored": rows,
-                   "job_run_id": ctx.run_id}  # fmt: skip
-        report = write_report(comparison, sample, context, folder)
         ctx.tracker.log_metrics(
             {
                 **{k: v for k, v in comparison.metrics.items() if np.isfinite(v)},

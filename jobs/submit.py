@@ -29,13 +29,29 @@ def _option(args: Sequence[str], name: str) -> list[str]:
     return values
 
 
+def _without(args: Sequence[str], name: str) -> list[str]:
+    """``args`` without ``name`` and its value (``--name v`` and ``--name=v``)."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(f"{name}="):
+            kept.append(arg)
+    return kept
+
+
 def spark_submit_command(job: str, job_args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """The spark-submit command line and environment that run ``batchscore <job> job_args`` (through
-    :data:`jobs.launcher.LAUNCHER`)."""
+    :data:`jobs.launcher.LAUNCHER`); ``--master URL`` among ``job_args`` is spark-submit's."""
     from pyspark.find_spark_home import _find_spark_home
 
     if job not in SUBMITTABLE_JOBS:
         raise ConfigError(f"expected a job among {list(SUBMITTABLE_JOBS)}, found {job!r}")
+    masters = _option(job_args, "--master")
+    job_args = _without(job_args, "--master")
     configs = _option(job_args, "--config")
     if not configs:
         raise ConfigError("expected --config <job.yaml> among the job's arguments, found none")
@@ -43,8 +59,10 @@ def spark_submit_command(job: str, job_args: Sequence[str]) -> tuple[list[str], 
     profile = load_spark_profile(cfg.spark.profile)
     spark_home = _find_spark_home()
     command = [str(Path(spark_home) / "bin" / "spark-submit")]
-    if profile.master:
-        command += ["--master", profile.master]
+    # A master given here or in MASTER wins over the profile's default (which is for local runs).
+    master = masters[-1] if masters else os.environ.get("MASTER") or profile.master
+    if master:
+        command += ["--master", master]
     # Spark's own INFO lines drown the job's progress lines; WARN and above still show.
     conf = with_driver_java_options(
         {**profile.conf, **cfg.spark.conf}, f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}"

@@ -66,10 +66,20 @@ def sql_target(section: TableSection) -> str:
     return f"delta.`{location}`"
 
 
+_NOT_A_TABLE = ("DELTA_MISSING_DELTA_TABLE", "DELTA_PATH_DOES_NOT_EXIST", "PATH_NOT_FOUND")
+
+
 def table_exists(spark: SparkSession, section: TableSection) -> bool:
-    """Whether the Delta table of ``section`` exists (by catalog name or at its path)."""
-    from delta.tables import DeltaTable
+    """Whether the Delta table of ``section`` exists (by catalog name, or at its path through SQL's
+    ``DESCRIBE DETAIL``, which any kind of session runs)."""
+    from pyspark.errors import AnalysisException
 
     if section.table is not None:
         return bool(spark.catalog.tableExists(validate_table_name(section.table)))
-    return bool(DeltaTable.isDeltaTable(spark, resolve_location(section.path or "")))
+    try:
+        spark.sql(f"DESCRIBE DETAIL {sql_target(section)}").collect()
+    except AnalysisException as exc:
+        if any(code in str(exc) for code in _NOT_A_TABLE):
+            return False
+        raise
+    return True

@@ -14,7 +14,7 @@ import sys
 
 from jobs.planning import Lineage, PlanRequest, build_plan
 from jobs.registry import resolve_model
-from jobs.scoring import stats_accumulator, transform
+from jobs.scoring import RuntimeStats, transform
 from jobs.session import get_or_create_session
 from jobs.tracking import tracking_target
 from tests.helpers import job_config
@@ -39,7 +39,7 @@ def main(input_path: str, ds: str, partitions: int, discovery: str) -> None:
         cfg = job_config(input_path, "unused", batch_size=16)
         resolved = resolve_model(cfg.model.uri, tracking_target(cfg.mlflow).tracking_uri)
         df = spark.read.format("delta").load(input_path).where(f"ds = '{ds}'").repartition(partitions)
-        stats = stats_accumulator(spark)
+        stats = RuntimeStats()
         plan = build_plan(resolved, PlanRequest.for_job(cfg), df.columns)
         scored = transform(df, resolved.ref, plan, Lineage.for_model(resolved.ref, "cluster"), stats)
         rows = scored.select("transaction_id", "fraud_score").collect()
@@ -48,7 +48,7 @@ def main(input_path: str, ds: str, partitions: int, discovery: str) -> None:
             json.dumps(
                 {
                     "scores": [[r["transaction_id"], r["fraud_score"]] for r in rows],
-                    "stats": stats.value,
+                    "stats": stats.merged(),
                     "executors": executors,
                     "partitions": scored.rdd.getNumPartitions(),
                 }

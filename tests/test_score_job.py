@@ -174,7 +174,7 @@ def test_run_logs_params_and_metrics_to_mlflow(
     assert logged.metrics["rows_scored"] == ROWS_PER_DAY
     assert logged.metrics["duration_s"] > 0
     assert logged.metrics["rows_per_s"] == pytest.approx(ROWS_PER_DAY / logged.metrics["duration_s"])
-    # Runtime metrics aggregated from the workers through the stats accumulator.
+    # Runtime metrics sent by the workers with their rows and observed by the scoring query.
     metrics = logged.metrics
     # Workers are reused across the test session, so the model may already be resident: at most one load each.
     assert metrics["model_loads"] <= metrics["scoring_workers"]

@@ -69,11 +69,10 @@ def make_file_scorer(
     plan: ScoringPlan,
     file_columns: list[str],
     file_groups: list[list[str]],
-    accumulator: Any = None,
 ) -> ArrowScorer:
     """A ``mapInArrow`` function over ``spark.range(len(file_groups))`` that reads and scores, in each task,
     the files of the group numbers it is given."""
-    score = make_arrow_scorer(ref, plan, accumulator)
+    score = make_arrow_scorer(ref, plan)
 
     def score_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         groups = itertools.chain.from_iterable(b.column(GROUP_COLUMN).to_pylist() for b in batches)

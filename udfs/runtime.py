@@ -242,9 +242,8 @@ class ScoringLoop:
         arrays = [batch.column(name) for name in self.plan.passthrough_columns]
         arrays += [predictions_to_arrow(output, out, i) for i, out in enumerate(self.plan.outputs)]
         names = [*self.plan.passthrough_columns, *(out.name for out in self.plan.outputs)]
-        if self._quarantining():
-            arrays.append(pa.nulls(rows, INVALID_TYPE))
-            names.append(INVALID_COLUMN)
+        arrays.append(pa.nulls(rows, INVALID_TYPE))  # null: a scored row (the stats ride on it, see scorer)
+        names.append(INVALID_COLUMN)
         return pa.RecordBatch.from_arrays(arrays, names=names)
 
     def encode_invalid(self, batch: pa.RecordBatch, invalid: dict[int, str]) -> pa.RecordBatch:
@@ -256,7 +255,8 @@ class ScoringLoop:
         arrays += [pa.nulls(len(rows), arrow_type(out)) for out in self.plan.outputs]
         reasons = pa.array([invalid[r] for r in rows], pa.string())
         raw = pa.array(raw_rows_json(batch, rows, self.plan.raw_columns), pa.string())
-        arrays.append(pa.StructArray.from_arrays([reasons, raw], names=list(INVALID_FIELDS)))
+        stats = pa.nulls(len(rows), pa.string())
+        arrays.append(pa.StructArray.from_arrays([reasons, raw, stats], names=list(INVALID_FIELDS)))
         names = [*self.plan.passthrough_columns, *(out.name for out in self.plan.outputs), INVALID_COLUMN]
         self.stats["invalid_rows"] += len(rows)
         return pa.RecordBatch.from_arrays(arrays, names=names)

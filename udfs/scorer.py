@@ -1,7 +1,7 @@
 """Scorer factories: the functions Spark runs over each partition.
 
-The closure built here carries only the pinned :class:`ModelRef`, the :class:`ScoringPlan` and (optionally)
-a stats accumulator; the model is loaded inside the worker through :mod:`udfs.model_cache`, once per worker
+The closure built here carries only the pinned :class:`ModelRef` and the :class:`ScoringPlan`; the model is
+loaded inside the worker through :mod:`udfs.model_cache`, once per worker
 process and device, and stays resident for the following tasks.
 """
 
@@ -25,8 +25,8 @@ from udfs.device import (
 from udfs.predictors import PairPredictor, Predictor, load_predictor
 from udfs.runtime import ScoringLoop
 from udfs.spec import ModelRef, ScoringPlan
-from udfs.stats import empty_stats, worker_id
-from udfs.validation import worker_error
+from udfs.stats import empty_stats, to_json, worker_id
+from udfs.validation import INVALID_COLUMN, INVALID_FIELDS, worker_error
 from udfs.worker_memory import keep_heap_resident, use_arrow_pool
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,23 @@ def task_device(plan: ScoringPlan) -> tuple[DeviceChoice, tuple[str, ...]]:
     return choice, resources.gpu_addresses
 
 
-def make_arrow_scorer(ref: ModelRef, plan: ScoringPlan, accumulator: Any = None) -> ArrowScorer:
+def with_task_stats(batch: pa.RecordBatch, stats: dict[str, Any]) -> pa.RecordBatch:
+    """``batch`` with the task's ``stats`` as JSON in the stats field of its first row's status struct
+    (:data:`udfs.validation.INVALID_COLUMN`); that row's reason and raw values stay as they are."""
+    index = batch.schema.get_field_index(INVALID_COLUMN)
+    status = batch.column(index)
+    reason, raw, _ = status.flatten()
+    texts = pa.array([to_json(stats), *([None] * (batch.num_rows - 1))], pa.string())
+    mask = status.is_null().to_numpy(zero_copy_only=False).copy()
+    mask[0] = False
+    tagged = pa.StructArray.from_arrays([reason, raw, texts], names=list(INVALID_FIELDS), mask=pa.array(mask))
+    return batch.set_column(index, INVALID_COLUMN, tagged)
+
+
+def make_arrow_scorer(ref: ModelRef, plan: ScoringPlan) -> ArrowScorer:
     """Build the ``mapInArrow`` function that scores a partition with the pinned model.
 
-    ``accumulator`` (a Spark accumulator of :class:`udfs.stats.StatsAccumulatorParam`) receives each
-    task's loads, devices and batch timings.
+    Each task's loads, devices and batch timings go out with its last batch (:func:`with_task_stats`).
     """
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -83,24 +95,31 @@ def make_arrow_scorer(ref: ModelRef, plan: ScoringPlan, accumulator: Any = None)
         use_arrow_pool()  # before the first batch is read: a file scorer reads it from Parquet
         non_empty = (b for b in batches if b.num_rows > 0)
         first = next(non_empty, None)
-        if first is not None:  # an empty partition never loads the model
-            choice, addresses = task_device(plan)
-            if plan.pair is not None:  # shadow mode: both models resident, each batch scored by both
-                (first_ref, first_plan), (second_ref, second_plan) = plan.pair
-                predictor: Predictor = PairPredictor(
-                    cached_predictor(first_ref, first_plan, choice.device),
-                    cached_predictor(second_ref, second_plan, choice.device),
-                )
-            else:
-                predictor = cached_predictor(ref, plan, choice.device)
-            stats["device_by_worker"][worker] = choice.device
-            stats["gpu_addresses_by_worker"][worker] = list(addresses)
-            started = time.perf_counter()  # scoring only: a first task's model load is not per-row cost
-            yield from ScoringLoop(predictor, plan, stats).run(itertools.chain([first], non_empty))
-            # Only workers that scored rows count, so loads == workers when each loaded once.
-            stats["loads_by_worker"][worker] = model_cache.load_count() - loads_before
-            stats["task_s"] = time.perf_counter() - started
-        if accumulator is not None:
-            accumulator.add(stats)
+        if first is None:  # an empty partition never loads the model, and has no row to send stats on
+            return
+        choice, addresses = task_device(plan)
+        if plan.pair is not None:  # shadow mode: both models resident, each batch scored by both
+            (first_ref, first_plan), (second_ref, second_plan) = plan.pair
+            predictor: Predictor = PairPredictor(
+                cached_predictor(first_ref, first_plan, choice.device),
+                cached_predictor(second_ref, second_plan, choice.device),
+            )
+        else:
+            predictor = cached_predictor(ref, plan, choice.device)
+        stats["device_by_worker"][worker] = choice.device
+        stats["gpu_addresses_by_worker"][worker] = list(addresses)
+        started = time.perf_counter()  # scoring only: a first task's model load is not per-row cost
+        held = None  # the last batch is held back until the stats are complete
+        for out in ScoringLoop(predictor, plan, stats).run(itertools.chain([first], non_empty)):
+            if out.num_rows == 0:
+                continue
+            if held is not None:
+                yield held
+            held = out
+        # Only workers that scored rows count, so loads == workers when each loaded once.
+        stats["loads_by_worker"][worker] = model_cache.load_count() - loads_before
+        stats["task_s"] = time.perf_counter() - started
+        if held is not None:
+            yield with_task_stats(held, stats)
 
     return score_partition

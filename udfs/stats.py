@@ -1,15 +1,19 @@
-"""Per-task scoring statistics, merged on the driver through a Spark accumulator.
+"""Per-task scoring statistics: kept by each task, sent with its rows as JSON, merged on the driver.
 
-The accumulator parameter is duck-typed (``zero``/``addInPlace``) so this module imports without pyspark.
-Batch latencies go into a fixed log-spaced histogram (about 6% wide buckets), so a job of a billion rows
-sends a few hundred counters per task, and P50/P99 are read off it on the driver.
+Each task's stats travel on one row of its last output batch (:func:`udfs.scorer.with_task_stats`); the
+driver collects them with an observed metric of the scoring query, which counts a retried task once and
+works on a classic session and over Spark Connect alike. Batch latencies go into a fixed log-spaced histogram
+(about 6% wide buckets), so a job of a billion rows sends a few hundred counters per task, and P50/P99 are
+read off it on the driver.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
+from collections.abc import Iterable
 from typing import Any
 
 # Bucket upper bounds in milliseconds: 10 ** (k / 40) for k = -120 .. 240 (1 µs to 1,000 s).
@@ -115,11 +119,25 @@ def summary_metrics(stats: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-class StatsAccumulatorParam:
-    """Spark ``AccumulatorParam`` (duck-typed) merging per-task stats dicts."""
+def to_json(stats: dict[str, Any]) -> str:
+    """A task's stats as the JSON it sends (the latency histogram sparse: bucket -> count)."""
+    sparse = {str(i): n for i, n in enumerate(stats["latency_hist"]) if n}
+    return json.dumps({**stats, "latency_hist": sparse}, separators=(",", ":"))
 
-    def zero(self, value: dict[str, Any]) -> dict[str, Any]:
-        return empty_stats()
 
-    def addInPlace(self, value1: dict[str, Any], value2: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
-        return merge(value1, value2)
+def from_json(text: str) -> dict[str, Any]:
+    """The stats :func:`to_json` sent."""
+    stats: dict[str, Any] = json.loads(text)
+    histogram = [0] * N_BUCKETS
+    for index, count in stats["latency_hist"].items():
+        histogram[int(index)] = count
+    stats["latency_hist"] = histogram
+    return stats
+
+
+def merged(texts: Iterable[str]) -> dict[str, Any]:
+    """The job's stats: every task's, merged."""
+    total = empty_stats()
+    for text in texts:
+        merge(total, from_json(text))
+    return total

@@ -29,9 +29,11 @@ REASON_COLUMN = "_invalid_reason"
 RAW_COLUMN = "_invalid_row"
 # Workers hand both back to the JVM in one struct column, null for every scored row: Spark turns each Arrow
 # column into row values one call per row, and a null struct is one call where two null strings were two,
-# a visible share of the JVM's work per row. The jobs flatten it into the two columns above.
+# a visible share of the JVM's work per row. The jobs flatten it into the two columns above. The struct's
+# third field carries a task's stats (udfs.stats) on one row of the task's last batch, so they reach the
+# driver with the rows, on any kind of Spark session, counted once however often a task is retried.
 INVALID_COLUMN = "_invalid"
-INVALID_FIELDS = ("reason", "row")
+INVALID_FIELDS = ("reason", "row", "stats")
 INVALID_TYPE = pa.struct([(name, pa.string()) for name in INVALID_FIELDS])
 ERROR_MARKER = "BATCHSCORE_ERROR"  # the driver finds worker errors meant for users by this prefix
 
