@@ -76,10 +76,11 @@ def _given_master() -> str | None:
 
 
 def is_connect() -> bool:
-    """Whether sessions here are Spark Connect ones (pyspark's ``SPARK_REMOTE`` / ``SPARK_CONNECT_MODE``)."""
+    """Whether a new session here is a Spark Connect one: pyspark's own switches, ``SPARK_REMOTE`` (the
+    server's ``sc://`` URL) or a process already in Connect mode."""
     from pyspark.sql.utils import is_remote
 
-    return bool(is_remote())
+    return bool(os.environ.get("SPARK_REMOTE")) or bool(is_remote())
 
 
 def _connect_session(conf: Mapping[str, str]) -> SparkSession:

@@ -77,6 +77,26 @@ def registry(home: Path) -> Registry:
     return Registry(default_tracking_uri(home), models.champion_version, models.challenger_version)
 
 
+@pytest.fixture
+def promo(registry: Registry) -> str:
+    """Model 'promo': the two fraud versions again, aliased champion / challenger (the session's 'fraud'
+    aliases stay untouched)."""
+    import uuid
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(registry.tracking_uri)
+    name = f"promo_{uuid.uuid4().hex[:6]}"
+    client.create_registered_model(name)
+    versions = []
+    for source in (registry.champion, registry.challenger):
+        original = client.get_model_version("fraud", source)
+        versions.append(client.create_model_version(name, original.source, original.run_id).version)
+    client.set_registered_model_alias(name, "champion", versions[0])
+    client.set_registered_model_alias(name, "challenger", versions[1])
+    return name
+
+
 @pytest.fixture(scope="session")
 def input_path(spark: object, home: Path) -> str:
     """A Delta table of synthetic transactions, partitioned by ``ds`` (three days)."""
@@ -85,3 +105,62 @@ def input_path(spark: object, home: Path) -> str:
     path = str(home / "warehouse" / "transactions")
     write_demo_input(spark, path, ROWS_PER_DAY, DATES)  # type: ignore[arg-type]
     return path
+
+
+@pytest.fixture(scope="session")
+def connect_url(spark: object, home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Spark Connect server on loopback for the test session (its own JVM: spark-submit's
+    ``SparkConnectServer`` with Delta's cached jars and extension, 2 cores, no task retries), as the
+    ``sc://`` URL clients give in ``SPARK_REMOTE``. Jobs reach it from their own processes: a process with a
+    Connect session cannot also hold the classic one the other tests share."""
+    import socket
+    import subprocess
+    import time
+
+    from pyspark.find_spark_home import _find_spark_home
+
+    from jobs.jars import cached_delta_jars
+    from jobs.session import DELTA_CONF
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    work = tmp_path_factory.mktemp("connect-server")
+    log_path = work / "server.log"
+    conf = {
+        **DELTA_CONF,
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": str(port),
+        "spark.ui.enabled": "false",
+        "spark.task.maxFailures": "1",
+        "spark.python.worker.reuse": "true",
+        "spark.sql.warehouse.dir": str(home / "warehouse" / "connect-catalog"),
+    }
+    command = [
+        str(Path(_find_spark_home()) / "bin" / "spark-submit"),
+        "--class",
+        "org.apache.spark.sql.connect.service.SparkConnectServer",
+        "--master",
+        "local[2]",
+        "--jars",
+        ",".join(cached_delta_jars()),
+        *(arg for key, value in conf.items() for arg in ("--conf", f"{key}={value}")),
+        "spark-internal",
+    ]
+    with log_path.open("w") as log_file:
+        server = subprocess.Popen(
+            command, cwd=work, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ}
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while "Spark Connect server started" not in log_path.read_text():
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the Spark Connect server did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield f"sc://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()

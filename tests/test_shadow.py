@@ -129,26 +129,6 @@ def test_identical_models_have_zero_delta_and_pass(
     assert metrics["auc_delta"] == 0.0
 
 
-@pytest.fixture
-def promo(registry: Registry) -> str:
-    """Model 'promo': the two fraud versions again, aliased champion / challenger (the session's 'fraud'
-    aliases stay untouched)."""
-    import uuid
-
-    from mlflow import MlflowClient
-
-    client = MlflowClient(registry.tracking_uri)
-    name = f"promo_{uuid.uuid4().hex[:6]}"
-    client.create_registered_model(name)
-    versions = []
-    for source in (registry.champion, registry.challenger):
-        original = client.get_model_version("fraud", source)
-        versions.append(client.create_model_version(name, original.source, original.run_id).version)
-    client.set_registered_model_alias(name, "champion", versions[0])
-    client.set_registered_model_alias(name, "challenger", versions[1])
-    return name
-
-
 def test_promotion_needs_a_passing_comparison_and_rollback_restores(
     spark, registry: Registry, input_path: str, tmp_path: Path, promo: str
 ) -> None:
