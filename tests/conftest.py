@@ -164,3 +164,41 @@ def connect_url(spark: object, home: Path, tmp_path_factory: pytest.TempPathFact
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.fixture
+def mlflow_server(registry: Registry, home: Path, tmp_path: Path):
+    """A real ``mlflow server`` on loopback over the test registry's SQLite store."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mlflow = Path(sys.executable).with_name("mlflow")
+    log = (tmp_path / "mlflow-server.log").open("w")
+    server = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", registry.tracking_uri, "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                pytest.fail(f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()}")
+            time.sleep(0.5)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
