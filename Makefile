@@ -53,7 +53,7 @@ bench-quick: setup
 
 # docs/configuration.md from the config models (a test checks it is current).
 docs: $(VENV)/.installed
-	$(PY) -m jobs.config_docs > docs/configuration.md
+	$(PY) -m batchscore.jobs.config_docs > docs/configuration.md
 
 lock: $(VENV)/.installed
 	{ echo '# Exact versions seen to install together (python 3.11, linux x86_64). Regenerate with `make lock`.'; \

@@ -11,7 +11,7 @@ import datetime as dt
 from airflow.providers.standard.sensors.python import PythonSensor
 from airflow.sdk import DAG, task
 
-from jobs.scheduling import check_partition, input_ready, load_dag_config, spark_submit_kwargs
+from batchscore.jobs.scheduling import check_partition, input_ready, load_dag_config, spark_submit_kwargs
 
 cfg = load_dag_config("nightly_scoring")
 job_config = cfg.job_config_path()

@@ -10,7 +10,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, task
 
-from jobs.scheduling import latest_verdict, load_dag_config, spark_submit_kwargs
+from batchscore.jobs.scheduling import latest_verdict, load_dag_config, spark_submit_kwargs
 
 cfg = load_dag_config("shadow_comparison")
 job_config = cfg.job_config_path()

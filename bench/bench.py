@@ -323,7 +323,7 @@ def delta_sink(path: str, lineage: Any) -> Callable[[Any], None]:
     def write(df: Any) -> None:
         from pyspark.sql import functions as F
 
-        from jobs.scoring import with_lineage
+        from batchscore.jobs.scoring import with_lineage
 
         (
             with_lineage(df, lineage)
@@ -410,8 +410,8 @@ def raw_torch(
     import numpy as np
     import torch
 
-    from udfs.cpu_kernels import cpu_forward
-    from udfs.worker_memory import keep_heap_resident
+    from batchscore.udfs.cpu_kernels import cpu_forward
+    from batchscore.udfs.worker_memory import keep_heap_resident
 
     rows = results.path_rows[RAW_TORCH] = min(results.rows, sample_rows)
     keep_heap_resident()
@@ -473,9 +473,9 @@ def main() -> int:
 
     os.environ.setdefault("BATCHSCORE_HOME", str(ROOT / ".batchscore"))
     sys.path.insert(0, str(ROOT))
-    from jobs.home import batchscore_home
-    from jobs.runner import configure_logging
-    from jobs.session import get_or_create_session
+    from batchscore.jobs.home import batchscore_home
+    from batchscore.jobs.runner import configure_logging
+    from batchscore.jobs.session import get_or_create_session
 
     configure_logging("WARNING")
     for old_output in (batchscore_home() / "bench").glob("out_*"):
@@ -624,10 +624,10 @@ def ours_job(spark: Any, cfg: Any, model_uri: str, tracking: str) -> Callable[[]
     noop paths give it, keys and scores (the workers still send their quarantine columns; the JVM does not
     add the partition column); lineage and the partition column are part of the Delta-out comparison,
     where every path writes them."""
-    from jobs.inputs import ScoringInput
-    from jobs.planning import PlanRequest, build_plan
-    from jobs.registry import resolve_model
-    from jobs.scoring import RuntimeStats, score
+    from batchscore.jobs.inputs import ScoringInput
+    from batchscore.jobs.planning import PlanRequest, build_plan
+    from batchscore.jobs.registry import resolve_model
+    from batchscore.jobs.scoring import RuntimeStats, score
 
     resolved = resolve_model(model_uri, tracking)
     columns = ScoringInput.open(spark, cfg.input, DS).columns
@@ -654,7 +654,7 @@ def warmup(spark: Any, args: Any, model_uri: str, tracking: str) -> Callable[[],
     guest memory back to the host: 10 M rows right after a two-file warm-up took 2.9-4.5 s with 1.1-2.0 s
     of worker kernel time, after a four-file one 2.7 s with 1.3 s (six files: 2.7 s, 0.8 s), and 2.1-2.5 s
     warm."""
-    from jobs.home import batchscore_home
+    from batchscore.jobs.home import batchscore_home
 
     path = str(batchscore_home() / "bench" / "input_warmup")
     ensure_input(spark, path, WARMUP_FILES * max(1, args.rows // args.files), WARMUP_FILES, args.features)
@@ -666,8 +666,8 @@ def warmup(spark: Any, args: Any, model_uri: str, tracking: str) -> Callable[[],
 def job_config(
     name: str, model_uri: str, input_path: str, batch_size: int, prefetch: int, **more: Any
 ) -> Any:
-    from jobs.config import ScoringJobConfig
-    from jobs.home import batchscore_home
+    from batchscore.jobs.config import ScoringJobConfig
+    from batchscore.jobs.home import batchscore_home
 
     return ScoringJobConfig.model_validate(
         {
@@ -741,10 +741,10 @@ def print_worker_stages(runtime: dict[str, float]) -> None:
 def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
     from pyspark.sql import functions as F
 
-    from jobs.home import batchscore_home, default_tracking_uri
-    from jobs.planning import Lineage
-    from jobs.registry import resolve_model
-    from jobs.score import run
+    from batchscore.jobs.home import batchscore_home, default_tracking_uri
+    from batchscore.jobs.planning import Lineage
+    from batchscore.jobs.registry import resolve_model
+    from batchscore.jobs.score import run
 
     home = batchscore_home()
     input_path = str(home / "bench" / f"input_{args.rows}")
@@ -852,7 +852,7 @@ def scaling(spark: Any, args: Any, sizes: list[int]) -> list[dict[str, Any]]:
     end-to-end and in-worker cost per row, and peak worker RSS; beside it the JVM scan at the same sizes and
     the floor of a Spark job that reads nothing (:func:`spark_floor`), which a small job pays in full. All
     run in the same interleaved rounds, so the costs they compare come from the same minutes of this VM."""
-    from jobs.home import batchscore_home, default_tracking_uri
+    from batchscore.jobs.home import batchscore_home, default_tracking_uri
 
     home = batchscore_home()
     tracking = default_tracking_uri(home)
@@ -936,7 +936,7 @@ def embeddings(spark: Any, args: Any) -> Results:
     """The compute-bound workload: an array<float> column into a heavier MLP."""
     from pyspark.sql import functions as F
 
-    from jobs.home import batchscore_home, default_tracking_uri
+    from batchscore.jobs.home import batchscore_home, default_tracking_uri
 
     home = batchscore_home()
     rows, dim, batch = args.emb_rows, args.emb_dim, args.emb_batch_size

@@ -35,12 +35,12 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from udfs import model_cache
-from udfs.device import TaskResources, choose_device
-from udfs.predictors import TorchPredictor
-from udfs.runtime import ScoringLoop
-from udfs.spec import OutputField, ScoringPlan
-from udfs.stats import empty_stats, summary_metrics
+from batchscore.udfs import model_cache
+from batchscore.udfs.device import TaskResources, choose_device
+from batchscore.udfs.predictors import TorchPredictor
+from batchscore.udfs.runtime import ScoringLoop
+from batchscore.udfs.spec import OutputField, ScoringPlan
+from batchscore.udfs.stats import empty_stats, summary_metrics
 
 
 class Bottleneck(nn.Module):

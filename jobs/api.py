@@ -1,6 +1,6 @@
 """The notebook API: score a DataFrame, compare two models, on the SparkSession you already have.
 
-    from jobs.api import score, compare
+    from batchscore.jobs.api import score, compare
     scored = score(df, "models:/fraud@champion", prediction_column="fraud_score")
     result = compare(df, "models:/fraud@champion", "models:/fraud@challenger", label_column="label")
     result.metrics, result.verdict, result.figures
@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from jobs.compare import Comparison, sample_scores
-from jobs.config import DEFAULT_THRESHOLDS, MlflowSection, ModelSection
-from jobs.errors import ConfigError
-from jobs.inputs import ScoringInput
-from jobs.planning import Lineage, PlanRequest, build_plan, pair_plan
-from jobs.schema_check import check_input_schema
-from jobs.scoring import transform
+from batchscore.jobs.compare import Comparison, sample_scores
+from batchscore.jobs.config import DEFAULT_THRESHOLDS, MlflowSection, ModelSection
+from batchscore.jobs.errors import ConfigError
+from batchscore.jobs.inputs import ScoringInput
+from batchscore.jobs.planning import Lineage, PlanRequest, build_plan, pair_plan
+from batchscore.jobs.schema_check import check_input_schema
+from batchscore.jobs.scoring import transform
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-    from jobs.registry import ResolvedModel
+    from batchscore.jobs.registry import ResolvedModel
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ class ComparisonResult:
 
 def _resolve(uris: list[str], tracking_uri: str | None, registry_uri: str | None) -> list[ResolvedModel]:
     """Each URI resolved once, on the driver, to a pinned version."""
-    from jobs.registry import resolve_model
-    from jobs.tracking import tracking_target
+    from batchscore.jobs.registry import resolve_model
+    from batchscore.jobs.tracking import tracking_target
 
     section = MlflowSection(
         tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), registry_uri=registry_uri
@@ -122,8 +122,8 @@ def compare(
     without writing tables); ``figures`` holds the report's plots for display."""
     from pyspark.sql import functions as F
 
-    from jobs.report import figures
-    from udfs.validation import REASON_COLUMN
+    from batchscore.jobs.report import figures
+    from batchscore.udfs.validation import REASON_COLUMN
 
     request = _request(df, champion_uri, "score", feature_columns, batch_size)
     champion, challenger = _resolve([champion_uri, challenger_uri], tracking_uri, registry_uri)

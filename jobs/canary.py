@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from jobs.planning import LINEAGE_COLUMNS, Lineage
-from jobs.scoring import with_lineage
-from jobs.tables import read_table
+from batchscore.jobs.planning import LINEAGE_COLUMNS, Lineage
+from batchscore.jobs.scoring import with_lineage
+from batchscore.jobs.tables import read_table
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
-    from jobs.config import ScoringJobConfig
-    from udfs.spec import ScoringPlan
+    from batchscore.jobs.config import ScoringJobConfig
+    from batchscore.udfs.spec import ScoringPlan
 
 BUCKETS = 10_000
 CHAMPION, CHALLENGER = "champion", "challenger"

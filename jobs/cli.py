@@ -15,15 +15,15 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from jobs.errors import BatchscoreError
-from jobs.redact import redact
+from batchscore.jobs.errors import BatchscoreError
+from batchscore.jobs.redact import redact
 
 log = logging.getLogger("batchscore")
 
 
 def _setup(args: Sequence[str]) -> int:
-    from jobs.jars import resolve_delta_jars
-    from jobs.runner import configure_logging
+    from batchscore.jobs.jars import resolve_delta_jars
+    from batchscore.jobs.runner import configure_logging
 
     configure_logging()
     jars = resolve_delta_jars(force="--force" in args)
@@ -32,32 +32,32 @@ def _setup(args: Sequence[str]) -> int:
 
 
 def _jars(_: Sequence[str]) -> int:
-    from jobs.jars import cached_delta_jars
+    from batchscore.jobs.jars import cached_delta_jars
 
     print(",".join(cached_delta_jars()))
     return 0
 
 
 def _score(args: Sequence[str]) -> int:
-    from jobs.score import main as score_main
+    from batchscore.jobs.score import main as score_main
 
     return score_main(args)
 
 
 def _shadow(args: Sequence[str]) -> int:
-    from jobs.shadow import main as shadow_main
+    from batchscore.jobs.shadow import main as shadow_main
 
     return shadow_main(args)
 
 
 def _promote(args: Sequence[str]) -> int:
-    from jobs.promote import main as promote_main
+    from batchscore.jobs.promote import main as promote_main
 
     return promote_main(args)
 
 
 def _submit(args: Sequence[str]) -> int:
-    from jobs.submit import submit
+    from batchscore.jobs.submit import submit
 
     if not args:
         raise BatchscoreError("usage: batchscore submit <job> --config <job.yaml> [job options]")
@@ -65,7 +65,7 @@ def _submit(args: Sequence[str]) -> int:
 
 
 def _demo(args: Sequence[str]) -> int:
-    from jobs.demo import main as demo_main
+    from batchscore.jobs.demo import main as demo_main
 
     return demo_main(args)
 

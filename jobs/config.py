@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from jobs.errors import ConfigError
+from batchscore.jobs.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -76,7 +76,7 @@ class TableSection(StrictModel):
         return self
 
     def describe(self) -> str:
-        from jobs.home import resolve_location
+        from batchscore.jobs.home import resolve_location
 
         return self.table if self.table is not None else f"path {resolve_location(self.path or '')}"
 
@@ -156,7 +156,7 @@ class ShadowSection(StrictModel):
     @field_validator("thresholds")
     @classmethod
     def _known_checks(cls, thresholds: dict[str, float]) -> dict[str, float]:
-        from jobs.compare import CHECKS
+        from batchscore.jobs.compare import CHECKS
 
         unknown = sorted(set(thresholds) - set(CHECKS))
         if unknown:

@@ -1,7 +1,7 @@
 """``docs/configuration.md``, generated from the config models: every key with its type, default and meaning.
 
-``python -m jobs.config_docs > docs/configuration.md`` (``make docs``) writes it; a test checks that the
-file is what this module generates, so the reference cannot drift from what the loaders accept.
+``python -m batchscore.jobs.config_docs > docs/configuration.md`` (``make docs``) writes it; a test checks
+that the file is what this module generates, so the reference cannot drift from what the loaders accept.
 """
 
 from __future__ import annotations
@@ -16,26 +16,26 @@ from pydantic_core import PydanticUndefined
 
 HEADER = """# Configuration
 
-Every key the YAML files take, generated from the config models (`python -m jobs.config_docs`). A wrong key
-or type is an error that names the key and the file, before any work. `${VAR}` and `${VAR:-default}` in
-string values come from the environment; `--set a.b=value` on the command line overrides a key of a job
+Every key the YAML files take, generated from the config models (`make docs`). A wrong key or type is an
+error that names the key and the file, before any work. `${VAR}` and `${VAR:-default}` in string values
+come from the environment; `--set a.b=value` on the command line overrides a key of a job
 config and is validated the same way.
 """
 
 SECTIONS: tuple[tuple[str, str, str], ...] = (
     (
         "Job configs (`conf/jobs/<job>.yaml`)",
-        "jobs.config:ScoringJobConfig",
+        "batchscore.jobs.config:ScoringJobConfig",
         "One file per job; `batchscore score|shadow|promote --config <file>`.",
     ),
     (
         "Spark profiles (`conf/spark/<profile>.yaml`)",
-        "jobs.config:SparkProfile",
+        "batchscore.jobs.config:SparkProfile",
         "Named by a job's `spark.profile`; `$BATCHSCORE_CONF_DIR` names another folder of them.",
     ),
     (
         "Airflow DAG configs (`conf/airflow/<dag>.yaml`)",
-        "jobs.scheduling:DagConfig",
+        "batchscore.jobs.scheduling:DagConfig",
         "One per DAG in `airflow_dags/`; `$BATCHSCORE_AIRFLOW_CONF` names another folder of them.",
     ),
 )

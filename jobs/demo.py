@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jobs.config import CONF_DIR, MlflowSection
-from jobs.home import batchscore_home
-from jobs.tracking import ensure_experiment, tracking_target
+from batchscore.jobs.config import CONF_DIR, MlflowSection
+from batchscore.jobs.home import batchscore_home
+from batchscore.jobs.tracking import ensure_experiment, tracking_target
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -171,11 +171,11 @@ def write_demo_input(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Prepare the demo registry and input, then score the latest partition through spark-submit."""
-    from jobs.config import load_job_config
-    from jobs.home import resolve_location
-    from jobs.runner import configure_logging
-    from jobs.session import spark_session
-    from jobs.submit import submit
+    from batchscore.jobs.config import load_job_config
+    from batchscore.jobs.home import resolve_location
+    from batchscore.jobs.runner import configure_logging
+    from batchscore.jobs.session import spark_session
+    from batchscore.jobs.submit import submit
 
     parser = argparse.ArgumentParser(prog="batchscore demo", description=main.__doc__)
     parser.add_argument("--rows-per-day", type=int, default=100_000)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from jobs.delta_log import Snapshot, UnsupportedLogError, read_snapshot
-from jobs.home import resolve_location
-from jobs.tables import sql_target
+from batchscore.jobs.delta_log import Snapshot, UnsupportedLogError, read_snapshot
+from batchscore.jobs.home import resolve_location
+from batchscore.jobs.tables import sql_target
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
     from pyspark.sql.types import StructType
 
-    from jobs.config import InputSection
+    from batchscore.jobs.config import InputSection
 
 log = logging.getLogger(__name__)
 

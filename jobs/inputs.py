@@ -12,8 +12,8 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from jobs.errors import MissingPartitionError, SchemaMismatchError, TableLocationError
-from jobs.file_scan import (
+from batchscore.jobs.errors import MissingPartitionError, SchemaMismatchError, TableLocationError
+from batchscore.jobs.file_scan import (
     FileScan,
     local_snapshot,
     log_blockers,
@@ -21,13 +21,13 @@ from jobs.file_scan import (
     partition_uris,
     plan_file_scan,
 )
-from jobs.tables import read_table, validate_ds
+from batchscore.jobs.tables import read_table, validate_ds
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
-    from jobs.config import InputSection
+    from batchscore.jobs.config import InputSection
 
 
 def check_partition_column(section: InputSection, ds: str | None, columns: Sequence[str]) -> str | None:

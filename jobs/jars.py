@@ -15,8 +15,8 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from jobs.errors import DeltaJarsMissingError
-from jobs.home import batchscore_home
+from batchscore.jobs.errors import DeltaJarsMissingError
+from batchscore.jobs.home import batchscore_home
 
 log = logging.getLogger(__name__)
 

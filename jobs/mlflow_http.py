@@ -15,7 +15,7 @@ import os
 import time
 from urllib.parse import urlsplit, urlunsplit
 
-from jobs.errors import ModelResolutionError, RegistryError
+from batchscore.jobs.errors import ModelResolutionError, RegistryError
 
 log = logging.getLogger(__name__)
 

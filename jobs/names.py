@@ -12,11 +12,11 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from jobs.errors import TableLocationError
-from jobs.home import resolve_location
+from batchscore.jobs.errors import TableLocationError
+from batchscore.jobs.home import resolve_location
 
 if TYPE_CHECKING:
-    from jobs.config import ScoringJobConfig, TableSection
+    from batchscore.jobs.config import ScoringJobConfig, TableSection
 
 # catalog.schema.table, each part a plain identifier: nothing that could close a quote or start SQL.
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")

@@ -12,10 +12,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from jobs.compare import METRIC_COLUMNS
-from jobs.errors import ConcurrentWriteError, InvalidInputError, SchemaMismatchError, TableLocationError
-from jobs.home import resolve_location
-from jobs.tables import (
+from batchscore.jobs.compare import METRIC_COLUMNS
+from batchscore.jobs.errors import (
+    ConcurrentWriteError,
+    InvalidInputError,
+    SchemaMismatchError,
+    TableLocationError,
+)
+from batchscore.jobs.home import resolve_location
+from batchscore.jobs.tables import (
     read_table,
     sql_name,
     sql_string,
@@ -25,16 +30,16 @@ from jobs.tables import (
     validate_ds,
     validate_table_name,
 )
-from udfs.validation import RAW_COLUMN, REASON_COLUMN
+from batchscore.udfs.validation import RAW_COLUMN, REASON_COLUMN
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from pyspark.sql import DataFrame, SparkSession
 
-    from jobs.compare import Comparison
-    from jobs.config import ScoringJobConfig, ShadowSection, TableSection
-    from udfs.spec import ModelRef
+    from batchscore.jobs.compare import Comparison
+    from batchscore.jobs.config import ScoringJobConfig, ShadowSection, TableSection
+    from batchscore.udfs.spec import ModelRef
 
 log = logging.getLogger(__name__)
 

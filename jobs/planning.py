@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from jobs.errors import SchemaMismatchError, SignatureError
-from jobs.registry import ResolvedModel, output_fields, signature_input_names, signature_row_shape
-from udfs.spec import ModelRef, OutputField, ScoringPlan, arrow_batch_rows
-from udfs.validation import INVALID_COLUMN, INVALID_FIELDS
+from batchscore.jobs.errors import SchemaMismatchError, SignatureError
+from batchscore.jobs.registry import ResolvedModel, output_fields, signature_input_names, signature_row_shape
+from batchscore.udfs.spec import ModelRef, OutputField, ScoringPlan, arrow_batch_rows
+from batchscore.udfs.validation import INVALID_COLUMN, INVALID_FIELDS
 
 if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
-    from jobs.config import ModelSection, ScoringJobConfig
+    from batchscore.jobs.config import ModelSection, ScoringJobConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.config import ScoringJobConfig, load_job_config
-from jobs.errors import BatchscoreError
-from jobs.mlflow_http import check_servers
-from jobs.runner import configure_logging, guarded, job_parser
-from jobs.tracking import tracking_target
+from batchscore.jobs.config import ScoringJobConfig, load_job_config
+from batchscore.jobs.errors import BatchscoreError
+from batchscore.jobs.mlflow_http import check_servers
+from batchscore.jobs.runner import configure_logging, guarded, job_parser
+from batchscore.jobs.tracking import tracking_target
 
 log = logging.getLogger("batchscore.promote")
 
@@ -62,7 +62,7 @@ def latest_comparison(spark: Any, cfg: ScoringJobConfig, champion_uri: str, chal
     """The newest comparison row of this exact pair, or None."""
     from pyspark.sql import functions as F
 
-    from jobs.tables import read_table, table_exists
+    from batchscore.jobs.tables import read_table, table_exists
 
     assert cfg.shadow is not None
     section = cfg.shadow.comparison
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.rollback:
             done = rollback(cfg, args.model, args.reason)
         else:
-            from jobs.session import spark_session
+            from batchscore.jobs.session import spark_session
 
             with spark_session(cfg.spark.profile, cfg.spark.conf) as spark:
                 done = promote(spark, cfg, args.model, force=args.force, reason=args.reason)

@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.errors import ModelResolutionError, RegistryError, SignatureError
-from jobs.mlflow_http import check_servers, shown_uri
-from udfs.spec import SPARK_TYPES, ModelRef, OutputField, OutputKind
+from batchscore.jobs.errors import ModelResolutionError, RegistryError, SignatureError
+from batchscore.jobs.mlflow_http import check_servers, shown_uri
+from batchscore.udfs.spec import SPARK_TYPES, ModelRef, OutputField, OutputKind
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from jobs.compare import Comparison, ScoreSample
+from batchscore.jobs.compare import Comparison, ScoreSample
 
 
 def write_plots(

@@ -18,26 +18,26 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from jobs import redact
-from jobs.config import load_job_config
-from jobs.errors import BatchscoreError
-from jobs.inputs import ScoringInput
-from jobs.names import check_job_names
-from jobs.outputs import count_invalid, write_quarantine
-from jobs.planning import Lineage
-from jobs.registry import resolve_model
-from jobs.schema_check import check_input_schema
-from jobs.scoring import Keep, RuntimeStats, executor_errors, kept, score, with_lineage
-from jobs.tables import validate_ds
-from jobs.tracking import JobRun, job_run, quiet_mlflow, tracking_target
-from udfs.validation import RAW_COLUMN, REASON_COLUMN
+from batchscore.jobs import redact
+from batchscore.jobs.config import load_job_config
+from batchscore.jobs.errors import BatchscoreError
+from batchscore.jobs.inputs import ScoringInput
+from batchscore.jobs.names import check_job_names
+from batchscore.jobs.outputs import count_invalid, write_quarantine
+from batchscore.jobs.planning import Lineage
+from batchscore.jobs.registry import resolve_model
+from batchscore.jobs.schema_check import check_input_schema
+from batchscore.jobs.scoring import Keep, RuntimeStats, executor_errors, kept, score, with_lineage
+from batchscore.jobs.tables import validate_ds
+from batchscore.jobs.tracking import JobRun, job_run, quiet_mlflow, tracking_target
+from batchscore.udfs.validation import RAW_COLUMN, REASON_COLUMN
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from jobs.config import ScoringJobConfig
-    from jobs.registry import ResolvedModel
-    from udfs.spec import ScoringPlan
+    from batchscore.jobs.config import ScoringJobConfig
+    from batchscore.jobs.registry import ResolvedModel
+    from batchscore.udfs.spec import ScoringPlan
 
 log = logging.getLogger("batchscore.runner")
 
@@ -254,7 +254,7 @@ def run_job(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None, job: Sco
 
 def main(job: ScoringJob[Any], argv: Sequence[str] | None = None) -> int:
     """``batchscore <job>``: 0 on success (or the job's own exit code), 2 on a user error."""
-    from jobs.session import spark_session
+    from batchscore.jobs.session import spark_session
 
     parser = job_parser(f"batchscore {job.name}", job.description, ds_help=job.ds_help)
     job.add_arguments(parser)

@@ -18,9 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError
 
-from jobs.config import CONF_DIR, StrictModel, load_job_config, load_spark_profile
-from jobs.errors import ConfigError, InvalidInputError
-from jobs.home import resolve_location
+from batchscore.jobs.config import CONF_DIR, StrictModel, load_job_config, load_spark_profile
+from batchscore.jobs.errors import ConfigError, InvalidInputError
+from batchscore.jobs.home import resolve_location
 
 log = logging.getLogger("batchscore.scheduling")
 REPO = CONF_DIR.parent
@@ -128,10 +128,10 @@ def load_dag_config(name: str) -> DagConfig:
 def spark_submit_kwargs(job: str, job_config: str, *job_args: str) -> dict[str, Any]:
     """Arguments of ``SparkSubmitOperator`` running ``batchscore <job>`` as ``batchscore submit`` does:
     Delta's cached jars, the profile's and the job's Spark conf, quiet log4j, this Python for the workers."""
-    from jobs.jars import cached_delta_jars
-    from jobs.launcher import LAUNCHER
-    from jobs.session import DELTA_CONF, with_driver_java_options
-    from jobs.submit import LOG4J_CONF
+    from batchscore.jobs.jars import cached_delta_jars
+    from batchscore.jobs.launcher import LAUNCHER
+    from batchscore.jobs.session import DELTA_CONF, with_driver_java_options
+    from batchscore.jobs.submit import LOG4J_CONF
 
     cfg = load_job_config(job_config)
     profile = load_spark_profile(cfg.spark.profile)
@@ -158,7 +158,7 @@ def spark_submit_kwargs(job: str, job_config: str, *job_args: str) -> dict[str, 
 
 def input_ready(job_config: str, ds: str) -> bool:
     """Sensor: the input table has committed files in partition ``ds`` (read from its Delta log)."""
-    from jobs.delta_log import partition_files
+    from batchscore.jobs.delta_log import partition_files
 
     cfg = load_job_config(job_config)
     if cfg.input.path is None or cfg.input.format != "delta":
@@ -171,7 +171,7 @@ def input_ready(job_config: str, ds: str) -> bool:
 
 def check_partition(job_config: str, ds: str) -> dict[str, Any]:
     """After the job: output rows + quarantined rows must equal input rows for ``ds``; returns the summary."""
-    from jobs.delta_log import partition_rows
+    from batchscore.jobs.delta_log import partition_rows
 
     cfg = load_job_config(job_config)
     column = cfg.input.partition_column or "ds"
@@ -194,7 +194,7 @@ def check_partition(job_config: str, ds: str) -> dict[str, Any]:
 
 def latest_verdict(job_config: str, ds: str) -> dict[str, Any]:
     """The shadow comparison row this job wrote for ``ds`` (newest first), from the comparison table."""
-    from jobs.delta_log import read_rows
+    from batchscore.jobs.delta_log import read_rows
 
     cfg = load_job_config(job_config)
     if cfg.shadow is None or cfg.shadow.comparison.path is None:

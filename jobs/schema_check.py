@@ -11,15 +11,15 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from jobs.errors import SchemaMismatchError
+from batchscore.jobs.errors import SchemaMismatchError
 
 if TYPE_CHECKING:
     from pyspark.sql.types import DataType
 
-    from jobs.config import ScoringJobConfig
-    from jobs.inputs import ScoringInput
-    from jobs.registry import ResolvedModel
-    from udfs.spec import ScoringPlan
+    from batchscore.jobs.config import ScoringJobConfig
+    from batchscore.jobs.inputs import ScoringInput
+    from batchscore.jobs.registry import ResolvedModel
+    from batchscore.udfs.spec import ScoringPlan
 
 _NUMERIC_SPECS = {"double", "float", "long", "integer"}
 

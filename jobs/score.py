@@ -13,22 +13,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from jobs.canary import apply_canary, canary_rows
-from jobs.errors import TableLocationError
-from jobs.home import resolve_location
-from jobs.outputs import committed_rows, write_idempotent
-from jobs.planning import PlanRequest, build_plan, pair_plan
-from jobs.runner import JobContext, ScoringJob, log_runtime, run_job
-from jobs.runner import main as run_main
-from jobs.scoring import with_lineage
+from batchscore.jobs.canary import apply_canary, canary_rows
+from batchscore.jobs.errors import TableLocationError
+from batchscore.jobs.home import resolve_location
+from batchscore.jobs.outputs import committed_rows, write_idempotent
+from batchscore.jobs.planning import PlanRequest, build_plan, pair_plan
+from batchscore.jobs.runner import JobContext, ScoringJob, log_runtime, run_job
+from batchscore.jobs.runner import main as run_main
+from batchscore.jobs.scoring import with_lineage
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from jobs.config import ScoringJobConfig
-    from jobs.inputs import ScoringInput
-    from jobs.registry import ResolvedModel
-    from udfs.spec import ScoringPlan
+    from batchscore.jobs.config import ScoringJobConfig
+    from batchscore.jobs.inputs import ScoringInput
+    from batchscore.jobs.registry import ResolvedModel
+    from batchscore.udfs.spec import ScoringPlan
 
 log = logging.getLogger("batchscore.score")
 

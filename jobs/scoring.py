@@ -16,22 +16,22 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from jobs.errors import BatchscoreError, ExecutorError, InvalidInputError, SchemaMismatchError
-from jobs.planning import Lineage, output_schema, scored_names, sized_for, unique
-from jobs.tables import sql_name, sql_string
-from udfs.file_reader import make_file_scorer
-from udfs.scorer import make_arrow_scorer
-from udfs.spec import ModelRef, ScoringPlan
-from udfs.stats import merged, summary_metrics
-from udfs.validation import ERROR_MARKER, INVALID_COLUMN, INVALID_FIELDS, RAW_COLUMN, REASON_COLUMN
+from batchscore.jobs.errors import BatchscoreError, ExecutorError, InvalidInputError, SchemaMismatchError
+from batchscore.jobs.planning import Lineage, output_schema, scored_names, sized_for, unique
+from batchscore.jobs.tables import sql_name, sql_string
+from batchscore.udfs.file_reader import make_file_scorer
+from batchscore.udfs.scorer import make_arrow_scorer
+from batchscore.udfs.spec import ModelRef, ScoringPlan
+from batchscore.udfs.stats import merged, summary_metrics
+from batchscore.udfs.validation import ERROR_MARKER, INVALID_COLUMN, INVALID_FIELDS, RAW_COLUMN, REASON_COLUMN
 
 STATS_FIELD = INVALID_FIELDS[2]
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from jobs.file_scan import FileScan
-    from jobs.inputs import ScoringInput
+    from batchscore.jobs.file_scan import FileScan
+    from batchscore.jobs.inputs import ScoringInput
 
 log = logging.getLogger(__name__)
 

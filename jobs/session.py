@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jobs.config import SparkProfile, load_spark_profile
-from jobs.errors import DeltaJarsMissingError
-from jobs.jars import cached_delta_jars
+from batchscore.jobs.config import SparkProfile, load_spark_profile
+from batchscore.jobs.errors import DeltaJarsMissingError
+from batchscore.jobs.jars import cached_delta_jars
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

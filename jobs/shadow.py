@@ -19,23 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.compare import Comparison, sample_scores
-from jobs.errors import TableLocationError
-from jobs.home import batchscore_home
-from jobs.outputs import write_comparison, write_idempotent
-from jobs.planning import PlanRequest, pair_plan
-from jobs.report import write_report
-from jobs.runner import JobContext, ScoringJob, run_job
-from jobs.runner import main as run_main
-from jobs.scoring import with_lineage
+from batchscore.jobs.compare import Comparison, sample_scores
+from batchscore.jobs.errors import TableLocationError
+from batchscore.jobs.home import batchscore_home
+from batchscore.jobs.outputs import write_comparison, write_idempotent
+from batchscore.jobs.planning import PlanRequest, pair_plan
+from batchscore.jobs.report import write_report
+from batchscore.jobs.runner import JobContext, ScoringJob, run_job
+from batchscore.jobs.runner import main as run_main
+from batchscore.jobs.scoring import with_lineage
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from jobs.config import ScoringJobConfig, ShadowSection
-    from jobs.inputs import ScoringInput
-    from jobs.registry import ResolvedModel
-    from udfs.spec import ScoringPlan
+    from batchscore.jobs.config import ScoringJobConfig, ShadowSection
+    from batchscore.jobs.inputs import ScoringInput
+    from batchscore.jobs.registry import ResolvedModel
+    from batchscore.udfs.spec import ScoringPlan
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jobs.config import CONF_DIR, load_job_config, load_spark_profile
-from jobs.errors import ConfigError
-from jobs.jars import cached_delta_jars
-from jobs.launcher import LAUNCHER
-from jobs.session import DELTA_CONF, with_driver_java_options
+from batchscore.jobs.config import CONF_DIR, load_job_config, load_spark_profile
+from batchscore.jobs.errors import ConfigError
+from batchscore.jobs.jars import cached_delta_jars
+from batchscore.jobs.launcher import LAUNCHER
+from batchscore.jobs.session import DELTA_CONF, with_driver_java_options
 
 SUBMITTABLE_JOBS = ("score", "shadow")
 LOG4J_CONF = CONF_DIR / "spark" / "log4j2.properties"

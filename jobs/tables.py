@@ -5,14 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
-from jobs.errors import TableLocationError
-from jobs.home import resolve_location
-from jobs.names import COLUMN_NAME, TABLE_NAME
+from batchscore.jobs.errors import TableLocationError
+from batchscore.jobs.home import resolve_location
+from batchscore.jobs.names import COLUMN_NAME, TABLE_NAME
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from jobs.config import TableSection
+    from batchscore.jobs.config import TableSection
 
 
 def validate_table_name(name: str) -> str:

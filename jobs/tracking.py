@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.config import MlflowSection
-from jobs.home import default_artifact_location, default_tracking_uri
+from batchscore.jobs.config import MlflowSection
+from batchscore.jobs.home import default_artifact_location, default_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class JobRun:
         if self.active:
             import mlflow
 
-            from jobs.redact import redact
+            from batchscore.jobs.redact import redact
 
             mlflow.log_params({k: "" if v is None else redact(str(v)) for k, v in params.items()})
 
@@ -86,7 +86,7 @@ def quiet_mlflow() -> None:
     """Stop MLflow printing links to stdout, and mask secrets in what its loggers emit."""
     import logging as logging_module
 
-    from jobs import redact
+    from batchscore.jobs import redact
 
     os.environ.update(QUIET_MLFLOW)
     redact.install(logging_module.getLogger("mlflow"))
@@ -94,7 +94,7 @@ def quiet_mlflow() -> None:
 
 def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     """The MLflow UI's page of a run, without credentials; None for a store without a UI (SQLite)."""
-    from jobs.mlflow_http import shown_uri
+    from batchscore.jobs.mlflow_http import shown_uri
 
     if not tracking_uri.startswith(("http://", "https://")):
         return None

@@ -36,9 +36,9 @@ print(params)
 
 from pyspark.sql import SparkSession  # noqa: E402
 
-from jobs.api import score  # noqa: E402
-from jobs.home import batchscore_home  # noqa: E402
-from jobs.session import get_or_create_session  # noqa: E402
+from batchscore.jobs.api import score  # noqa: E402
+from batchscore.jobs.home import batchscore_home  # noqa: E402
+from batchscore.jobs.session import get_or_create_session  # noqa: E402
 
 # Databricks: the notebook's session. Elsewhere: a local one, with Delta.
 spark = SparkSession.getActiveSession() or get_or_create_session("local", {"spark.ui.enabled": "false"})[0]
@@ -48,7 +48,7 @@ ds = params["ds"]
 
 # COMMAND ----------
 
-from jobs.tables import validate_ds  # noqa: E402
+from batchscore.jobs.tables import validate_ds  # noqa: E402
 
 df = spark.read.format("delta").load(input_path).where(f"ds = '{validate_ds(ds)}'")
 scored = score(df, params["model_uri"], prediction_column=params["prediction_column"])

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import sys
 
-from jobs.planning import Lineage, PlanRequest, build_plan
-from jobs.registry import resolve_model
-from jobs.scoring import RuntimeStats, transform
-from jobs.session import get_or_create_session
-from jobs.tracking import tracking_target
+from batchscore.jobs.planning import Lineage, PlanRequest, build_plan
+from batchscore.jobs.registry import resolve_model
+from batchscore.jobs.scoring import RuntimeStats, transform
+from batchscore.jobs.session import get_or_create_session
+from batchscore.jobs.tracking import tracking_target
 from tests.helpers import job_config
 
 

@@ -41,7 +41,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def spark(home: Path) -> Iterator[object]:
     """One local SparkSession for the whole run: 2 cores, worker reuse on, no task retries."""
-    from jobs.session import get_or_create_session
+    from batchscore.jobs.session import get_or_create_session
 
     session, created = get_or_create_session(
         "local",
@@ -68,9 +68,9 @@ class Registry:
 @pytest.fixture(scope="session")
 def registry(home: Path) -> Registry:
     """The local MLflow registry with model ``fraud``: two different torch MLPs, aliased."""
-    from jobs.config import MlflowSection
-    from jobs.demo import register_demo_models
-    from jobs.home import default_tracking_uri
+    from batchscore.jobs.config import MlflowSection
+    from batchscore.jobs.demo import register_demo_models
+    from batchscore.jobs.home import default_tracking_uri
 
     models = register_demo_models(MlflowSection())
     assert models.champion_version != models.challenger_version
@@ -100,7 +100,7 @@ def promo(registry: Registry) -> str:
 @pytest.fixture(scope="session")
 def input_path(spark: object, home: Path) -> str:
     """A Delta table of synthetic transactions, partitioned by ``ds`` (three days)."""
-    from jobs.demo import write_demo_input
+    from batchscore.jobs.demo import write_demo_input
 
     path = str(home / "warehouse" / "transactions")
     write_demo_input(spark, path, ROWS_PER_DAY, DATES)  # type: ignore[arg-type]
@@ -119,8 +119,8 @@ def connect_url(spark: object, home: Path, tmp_path_factory: pytest.TempPathFact
 
     from pyspark.find_spark_home import _find_spark_home
 
-    from jobs.jars import cached_delta_jars
-    from jobs.session import DELTA_CONF
+    from batchscore.jobs.jars import cached_delta_jars
+    from batchscore.jobs.session import DELTA_CONF
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

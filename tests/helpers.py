@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jobs.config import ScoringJobConfig
-from jobs.demo import FEATURES
+from batchscore.jobs.config import ScoringJobConfig
+from batchscore.jobs.demo import FEATURES
 
 
 def job_config(input_path: str, output_path: str, **model: Any) -> ScoringJobConfig:
@@ -53,9 +53,9 @@ def score_partition(
     limit: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run ``transform`` on one input partition; return the scored rows and their source rows, aligned."""
-    from jobs.planning import Lineage, PlanRequest, build_plan
-    from jobs.registry import resolve_model
-    from jobs.scoring import transform
+    from batchscore.jobs.planning import Lineage, PlanRequest, build_plan
+    from batchscore.jobs.registry import resolve_model
+    from batchscore.jobs.scoring import transform
 
     resolved = resolved or resolve_model(cfg.model.uri, tracking_uri)
     partition = spark.read.format("delta").load(input_path).where(f"ds = '{ds}'")
@@ -109,7 +109,7 @@ def register_test_model(tracking_uri: str, model: Any, name: str) -> str:
     import mlflow
 
     import tests.rejecting_model as module
-    from jobs.demo import log_and_register
+    from batchscore.jobs.demo import log_and_register
 
     cloudpickle.register_pickle_by_value(module)
     mlflow.set_tracking_uri(tracking_uri)

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.canary import canary_bucket, canary_variant
-from jobs.config import ScoringJobConfig
-from jobs.score import run
+from batchscore.jobs.canary import canary_bucket, canary_variant
+from batchscore.jobs.config import ScoringJobConfig
+from batchscore.jobs.score import run
 from tests.conftest import DATES, Registry
 from tests.helpers import assert_close, job_config, reference_scores
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import load_job_config, load_spark_profile
-from jobs.errors import ConfigError
+from batchscore.jobs.config import load_job_config, load_spark_profile
+from batchscore.jobs.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,8 +141,8 @@ def test_gpu_profile_points_at_the_shipped_discovery_script() -> None:
 def test_configuration_reference_is_what_the_config_models_generate() -> None:
     """docs/configuration.md lists every key the loaders accept, with its type, default and meaning:
     regenerate it with `make docs` after changing a config model."""
-    from jobs.config import ScoringJobConfig
-    from jobs.config_docs import render, rows
+    from batchscore.jobs.config import ScoringJobConfig
+    from batchscore.jobs.config_docs import render, rows
 
     written = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
     assert written == render(), "docs/configuration.md is stale: run `make docs`"

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.config import ScoringJobConfig
-from jobs.score import run as score_classic
-from jobs.shadow import run as shadow_classic
+from batchscore.jobs.config import ScoringJobConfig
+from batchscore.jobs.score import run as score_classic
+from batchscore.jobs.shadow import run as shadow_classic
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
 from tests.helpers import job_config, with_bad_rows, with_sections
 
@@ -162,7 +162,7 @@ def test_a_shadow_run_that_fails_over_connect_writes_nothing(  # noqa: PLR0917 (
 NOTEBOOK = """
 import json, sys
 from pyspark.sql import SparkSession
-from jobs.api import compare, score
+from batchscore.jobs.api import compare, score
 spark = SparkSession.builder.remote(sys.argv[1]).getOrCreate()
 df = spark.read.format("delta").load(sys.argv[2]).where("ds = '%s'")
 scored = score(df, "models:/fraud@champion", prediction_column="fraud_score")
@@ -176,7 +176,7 @@ print(json.dumps({"rows": rows, "psi": result.metrics["psi"], "verdict": result.
 def test_notebook_api_over_connect_matches_classic(
     spark, registry: Registry, input_path: str, tmp_path: Path, connect_url: str
 ) -> None:
-    from jobs.api import compare, score
+    from batchscore.jobs.api import compare, score
 
     proc = subprocess.run(
         [sys.executable, "-c", NOTEBOOK % DS, connect_url, input_path],

@@ -8,9 +8,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from jobs.delta_log import Snapshot, UnsupportedLogError, _checkpoint, read_snapshot
-from jobs.file_scan import local_snapshot, log_blockers, partition_uris
-from jobs.inputs import ScoringInput
+from batchscore.jobs.delta_log import Snapshot, UnsupportedLogError, _checkpoint, read_snapshot
+from batchscore.jobs.file_scan import local_snapshot, log_blockers, partition_uris
+from batchscore.jobs.inputs import ScoringInput
 from tests.conftest import DATES
 from tests.helpers import job_config
 
@@ -160,7 +160,7 @@ def test_v2_checkpoint_tables_are_listed_through_spark(spark, tmp_path: Path) ->
 
 def test_the_demo_input_gains_the_dates_it_lacks_and_is_otherwise_kept(spark, tmp_path: Path) -> None:
     """`make demo` scores yesterday: rerun on a later day, it must add that partition to the table it made."""
-    from jobs.demo import write_demo_input
+    from batchscore.jobs.demo import write_demo_input
 
     path = str(tmp_path / "transactions")
     write_demo_input(spark, path, 50, DATES[:2])

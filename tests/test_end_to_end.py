@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.launcher import LAUNCHER
+from batchscore.jobs.launcher import LAUNCHER
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
 from tests.helpers import assert_close, reference_scores
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from delta.tables import DeltaTable
 
-from jobs.score import run
+from batchscore.jobs.score import run
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
 from tests.helpers import job_config
 

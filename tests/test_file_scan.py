@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from jobs.errors import SchemaMismatchError
-from jobs.file_scan import FileScan
-from jobs.inputs import ScoringInput
-from jobs.score import run
+from batchscore.jobs.errors import SchemaMismatchError
+from batchscore.jobs.file_scan import FileScan
+from batchscore.jobs.inputs import ScoringInput
+from batchscore.jobs.score import run
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
 from tests.helpers import assert_close, job_config
 
@@ -89,7 +89,7 @@ def test_read_files_gives_every_row_in_order_in_bounded_batches(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from udfs import file_reader
+    from batchscore.udfs import file_reader
 
     monkeypatch.setattr(file_reader, "WHOLE_ROW_GROUP_BYTES", whole_bytes)
     paths = []
@@ -111,7 +111,7 @@ def test_only_flat_row_groups_within_the_bound_are_read_whole(tmp_path: Path) ->
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from udfs.file_reader import WHOLE_ROW_GROUP_BYTES, _read_whole, read_files
+    from batchscore.udfs.file_reader import WHOLE_ROW_GROUP_BYTES, _read_whole, read_files
 
     path = tmp_path / "nested.parquet"
     data = pa.table({"key": list(range(50)), "emb": [[float(i)] * 4 for i in range(50)]})
@@ -128,7 +128,7 @@ def test_input_schema_comes_from_the_log_as_spark_reads_it(spark, tmp_path: Path
     """A local Delta input's schema is read from its log, without Spark analysing the table, and equals the
     schema Spark reports: comments and NOT NULL kept, Delta's own field metadata (generation expressions,
     identity columns) left out, nested and decimal types, partition column in place."""
-    from jobs.errors import TableLocationError
+    from batchscore.jobs.errors import TableLocationError
 
     path = str(tmp_path / "typed")
     spark.sql(

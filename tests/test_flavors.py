@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs.demo import FEATURES
-from jobs.planning import PlanRequest, build_plan
-from jobs.registry import resolve_model
+from batchscore.jobs.demo import FEATURES
+from batchscore.jobs.planning import PlanRequest, build_plan
+from batchscore.jobs.registry import resolve_model
 from tests.conftest import DATES, Registry
 from tests.helpers import assert_close, job_config, score_partition
 
@@ -115,7 +115,7 @@ def test_torch_export_model_with_vector_output(
 def test_tensor_signature_without_feature_columns_is_an_error(
     registry: Registry, input_path: str, tmp_path: Path, pt2_version: tuple[str, object]
 ) -> None:
-    from jobs.errors import SchemaMismatchError
+    from batchscore.jobs.errors import SchemaMismatchError
 
     cfg = job_config(input_path, str(tmp_path / "out"), uri=f"models:/embedder/{pt2_version[0]}")
     resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
@@ -129,8 +129,8 @@ def test_wrong_number_of_values_per_row_is_a_schema_error(
     """The tensor signature says 16 values per row: 15 scalar columns, or arrays of 12, are refused."""
     from pyspark.sql import functions as F
 
-    from jobs.errors import SchemaMismatchError
-    from jobs.score import run
+    from batchscore.jobs.errors import SchemaMismatchError
+    from batchscore.jobs.score import run
 
     def cfg_for(path: str, features: list[str]):
         cfg = job_config(path, str(tmp_path / "out"), uri=f"models:/embedder/{pt2_version[0]}")

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from udfs.predictors import TorchPredictor
-from udfs.runtime import ScoringLoop
-from udfs.spec import OutputField, ScoringPlan
+from batchscore.udfs.predictors import TorchPredictor
+from batchscore.udfs.runtime import ScoringLoop
+from batchscore.udfs.spec import OutputField, ScoringPlan
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (pinned-memory prefetch, device residency)"

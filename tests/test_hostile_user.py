@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.demo import FEATURES
-from jobs.errors import InvalidInputError, SchemaMismatchError
-from jobs.score import run
+from batchscore.jobs.demo import FEATURES
+from batchscore.jobs.errors import InvalidInputError, SchemaMismatchError
+from batchscore.jobs.score import run
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
 from tests.helpers import (
     assert_close,
@@ -145,7 +145,7 @@ def _config_file(tmp_path: Path, cfg) -> str:
 
 def _cli(capfd, *args: str) -> tuple[int, str]:
     """``batchscore …`` in this process (it reuses the test session's SparkSession); rc and its output."""
-    from jobs.cli import main
+    from batchscore.jobs.cli import main
 
     capfd.readouterr()
     rc = main(list(args))
@@ -247,7 +247,7 @@ def test_two_runs_of_one_partition_at_once_commit_or_say_so(
     """Two runs of the same ds at once: each commits (the last one's rows stand) or fails in one line
     naming the table and what to do; never a duplicate row."""
     import tests.rejecting_model as module
-    from jobs.errors import ConcurrentWriteError
+    from batchscore.jobs.errors import ConcurrentWriteError
 
     out = str(tmp_path / "out")
     run(spark, job_config(input_path, out), DS)
@@ -390,7 +390,7 @@ def test_runs_left_running_by_killed_jobs_are_marked_killed_by_the_next_run(
 
     from mlflow import MlflowClient
 
-    from jobs.tracking import HOST, PID, RUN_KEY, ensure_experiment
+    from batchscore.jobs.tracking import HOST, PID, RUN_KEY, ensure_experiment
 
     cfg = with_sections(job_config(input_path, str(tmp_path / "out")), mlflow={"experiment": "abandoned"})
     client = MlflowClient(registry.tracking_uri)

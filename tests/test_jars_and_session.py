@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.errors import DeltaJarsMissingError
-from jobs.jars import artifact_name, cached_delta_jars, delta_coordinate
+from batchscore.jobs.errors import DeltaJarsMissingError
+from batchscore.jobs.jars import artifact_name, cached_delta_jars, delta_coordinate
 
 
 def test_coordinate_matches_installed_delta_and_spark() -> None:
@@ -48,7 +48,7 @@ def test_project_cache_holds_delta_but_not_spark_jars(spark) -> None:
 
 
 def test_active_session_is_reused_and_not_stopped(spark) -> None:
-    from jobs.session import get_or_create_session, spark_session
+    from batchscore.jobs.session import get_or_create_session, spark_session
 
     session, created = get_or_create_session("no-such-profile-is-read-when-a-session-is-active")
     assert session is spark and not created
@@ -76,7 +76,7 @@ def _arrow_refault_probe() -> Callable[[object], tuple[str | None, list[int]]]:
         import numpy as np
         import pyarrow as pa
 
-        from udfs.worker_memory import use_arrow_pool
+        from batchscore.udfs.worker_memory import use_arrow_pool
 
         use_arrow_pool()
         faults = []
@@ -97,8 +97,8 @@ def test_workers_reuse_freed_arrow_pages_instead_of_faulting_them_in_again(spark
     batch frees for the next one; a process started without it faults them in again every round."""
     from pyspark import cloudpickle
 
-    from jobs.config import load_spark_profile
-    from udfs.worker_memory import ARROW_JEMALLOC_CONF
+    from batchscore.jobs.config import load_spark_profile
+    from batchscore.udfs.worker_memory import ARROW_JEMALLOC_CONF
 
     probe = _arrow_refault_probe()
     [(conf, faults)] = spark.sparkContext.parallelize([0], 1).map(probe).collect()
@@ -121,7 +121,7 @@ def test_workers_reuse_freed_arrow_pages_instead_of_faulting_them_in_again(spark
 
 
 def test_spark_submit_keeps_the_profile_java_options_beside_its_log4j_file(tmp_path: Path) -> None:
-    from jobs.submit import spark_submit_command
+    from batchscore.jobs.submit import spark_submit_command
 
     config = tmp_path / "job.yaml"
     config.write_text(

@@ -31,7 +31,7 @@ def test_no_module_is_longer_than_400_lines() -> None:
 def test_udfs_never_import_jobs_nor_pyspark_at_module_level() -> None:
     for path in (ROOT / "udfs").glob("*.py"):
         anywhere = _imports(path)
-        assert not {m for m in anywhere if m == "jobs" or m.startswith("jobs.")}, path.name
+        assert not {m for m in anywhere if m.startswith(("batchscore.jobs", "jobs"))}, path.name
         top = _imports(path, top_level_only=True)
         assert not {m for m in top if m.split(".")[0] in ("pyspark", "torch", "mlflow")}, path.name
 
@@ -39,8 +39,26 @@ def test_udfs_never_import_jobs_nor_pyspark_at_module_level() -> None:
 def test_no_job_imports_another_job() -> None:
     for job in JOBS:
         imported = _imports(ROOT / "jobs" / f"{job}.py")
-        others = {f"jobs.{other}" for other in JOBS if other != job}
+        others = {f"batchscore.jobs.{other}" for other in JOBS if other != job}
         assert not imported & others, (job, imported & others)
+
+
+def test_everything_imports_the_installed_namespace() -> None:
+    """The wheel installs ``batchscore.jobs`` and ``batchscore.udfs`` (no clash with a user's own ``jobs``);
+    importing the repository's folders by their bare names would load a second copy of each module."""
+    others = ("tests", "bench", "airflow_dags", "notebooks")
+    python = [*MODULES, *(p for d in others for p in (ROOT / d).rglob("*.py"))]
+    for path in python:
+        bare = {m for m in _imports(path) if m.split(".")[0] in ("jobs", "udfs")}
+        assert not bare, (str(path.relative_to(ROOT)), bare)
+    for notebook in (ROOT / "notebooks").glob("*.ipynb"):
+        assert "from jobs." not in notebook.read_text() and "import udfs" not in notebook.read_text()
+
+
+def test_the_namespace_is_the_repository_folders() -> None:
+    for name in ("jobs", "udfs", "conf", "airflow_dags"):
+        link = ROOT / "batchscore" / name
+        assert link.is_symlink() and link.resolve() == ROOT / name, link
 
 
 def test_nothing_changes_sys_path() -> None:

@@ -9,7 +9,7 @@ import weakref
 
 import pytest
 
-from udfs import model_cache
+from batchscore.udfs import model_cache
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from batchscore.udfs.worker_memory import ARROW_JEMALLOC_CONF
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
-from udfs.worker_memory import ARROW_JEMALLOC_CONF
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,8 +72,8 @@ def test_databricks_notebook_runs_as_a_script_on_local_spark(
 
 
 def test_bundle_names_the_job_entry_point_and_its_parameters() -> None:
-    from jobs.launcher import LAUNCHER
-    from jobs.runner import job_parser
+    from batchscore.jobs.launcher import LAUNCHER
+    from batchscore.jobs.runner import job_parser
 
     bundle = yaml.safe_load((ROOT / "databricks.yml").read_text())
     job = bundle["resources"]["jobs"]["batchscore_nightly"]

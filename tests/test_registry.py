@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jobs.errors import ModelResolutionError, SignatureError
-from jobs.registry import ResolvedModel, output_fields, resolve_model, signature_input_names
+from batchscore.jobs.errors import ModelResolutionError, SignatureError
+from batchscore.jobs.registry import ResolvedModel, output_fields, resolve_model, signature_input_names
 from tests.conftest import Registry
 
 
@@ -45,7 +45,7 @@ def test_unknown_model_alias_and_run_are_named(registry: Registry) -> None:
 
 
 def _resolved(signature: object) -> ResolvedModel:
-    from udfs.spec import ModelRef
+    from batchscore.udfs.spec import ModelRef
 
     ref = ModelRef(
         "models:/m/1", "models:/m/1", "m", "1", "r", "file:///x", "pyfunc", "sqlite://", "sqlite://"
@@ -93,7 +93,7 @@ def test_several_named_tensor_outputs_become_one_struct_column() -> None:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    from jobs.registry import signature_row_shape
+    from batchscore.jobs.registry import signature_row_shape
 
     signature = ModelSignature(
         Schema([TensorSpec(np.dtype("float32"), (-1, 3, 64, 64))]),

@@ -14,16 +14,16 @@ import pyarrow.parquet as pq
 import pytest
 from delta.tables import DeltaTable
 
-from jobs.config import ScoringJobConfig
-from jobs.demo import FEATURES
-from jobs.errors import (
+from batchscore.jobs.config import ScoringJobConfig
+from batchscore.jobs.demo import FEATURES
+from batchscore.jobs.errors import (
     ExecutorError,
     InvalidInputError,
     ModelResolutionError,
     SchemaMismatchError,
     TableLocationError,
 )
-from jobs.score import run
+from batchscore.jobs.score import run
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
 from tests.helpers import (
     assert_close,
@@ -283,7 +283,7 @@ def test_secrets_never_reach_logs_or_mlflow_params(  # noqa: PLR0917 (pytest fix
 ) -> None:
     from mlflow import MlflowClient
 
-    from jobs import redact
+    from batchscore.jobs import redact
 
     secret = "tok-9f8e7d6c5b4a"
     monkeypatch.setenv("BATCHSCORE_TEST_TOKEN", secret)
@@ -310,7 +310,7 @@ def handler_format(record: logging.LogRecord) -> str:
 def test_config_refuses_other_model_schemes_and_unsafe_identifiers() -> None:
     from pydantic import ValidationError
 
-    from jobs.tables import validate_column, validate_table_name
+    from batchscore.jobs.tables import validate_column, validate_table_name
 
     base = job_config("in", "out").model_dump()
     for uri in ("file:///tmp/model", "s3://bucket/model", "http://host/model.pth"):

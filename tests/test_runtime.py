@@ -15,14 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from udfs.arrow_tensor import features_to_numpy
-from udfs.cpu_kernels import cpu_forward, onednn_forward, sequential_forward
-from udfs.device import DeviceChoice, TaskResources, choose_device
-from udfs.predictors import TorchPredictor
-from udfs.runtime import ModelOutOfMemoryError, ScoringLoop, prefetch, rebatch
-from udfs.spec import OutputField, ScoringPlan, arrow_batch_rows
-from udfs.stats import empty_stats, latency_percentile_ms, merge, summary_metrics
-from udfs.worker_memory import ARROW_POOL
+from batchscore.udfs.arrow_tensor import features_to_numpy
+from batchscore.udfs.cpu_kernels import cpu_forward, onednn_forward, sequential_forward
+from batchscore.udfs.device import DeviceChoice, TaskResources, choose_device
+from batchscore.udfs.predictors import TorchPredictor
+from batchscore.udfs.runtime import ModelOutOfMemoryError, ScoringLoop, prefetch, rebatch
+from batchscore.udfs.spec import OutputField, ScoringPlan, arrow_batch_rows
+from batchscore.udfs.stats import empty_stats, latency_percentile_ms, merge, summary_metrics
+from batchscore.udfs.worker_memory import ARROW_POOL
 
 SCORE = (OutputField("score", "float32"),)
 # The loop and the reference both compute in float32, but CPU kernels round differently for different
@@ -297,7 +297,7 @@ def test_prefetch_runs_ahead_in_a_thread_and_surfaces_errors() -> None:
 
 def test_stats_latency_percentiles_and_merge() -> None:
     a, b = empty_stats(), empty_stats()
-    from udfs.stats import record_batch
+    from batchscore.udfs.stats import record_batch
 
     for ms in range(1, 101):  # 1..100 ms
         record_batch(a if ms % 2 else b, 10, ms / 3000, ms / 3000, ms / 3000)
@@ -344,7 +344,7 @@ _READ_IN_A_FRESH_WORKER = """
 import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
-from udfs.worker_memory import use_arrow_pool
+from batchscore.udfs.worker_memory import use_arrow_pool
 backend = use_arrow_pool()
 pool = pa.default_memory_pool()
 table = pq.read_table(sys.argv[1])
@@ -377,7 +377,7 @@ def test_a_worker_reads_into_jemalloc_unless_its_environment_names_a_pool(
 
 
 def test_pair_predictor_scores_each_batch_with_both_models_from_one_decode() -> None:
-    from udfs.predictors import PairPredictor
+    from batchscore.udfs.predictors import PairPredictor
 
     torch.manual_seed(1)
     champion, challenger = torch.nn.Linear(2, 1).eval(), torch.nn.Linear(2, 1).eval()
@@ -500,7 +500,7 @@ def test_other_modules_run_as_they_are() -> None:
 def test_quarantined_rows_travel_in_one_struct_column_null_for_scored_rows() -> None:
     """Spark turns each column of a worker's result into row values one null check per row: the reason
     and raw row share one struct column, null for every scored row (the jobs flatten it)."""
-    from udfs.validation import INVALID_COLUMN, INVALID_TYPE
+    from batchscore.udfs.validation import INVALID_COLUMN, INVALID_TYPE
 
     batch = pa.record_batch(
         {"id": np.arange(4, dtype=np.int64), "a": [0.5, float("nan"), 1.5, 2.0], "b": [1.0, 2.0, 3.0, 4.0]}

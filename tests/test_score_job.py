@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from delta.tables import DeltaTable
 
-from jobs.errors import MissingPartitionError, SchemaMismatchError
-from jobs.planning import LINEAGE_COLUMNS, Lineage, PlanRequest, build_plan, feature_row_bytes
-from jobs.registry import resolve_model
-from jobs.score import run
-from jobs.scoring import transform
+from batchscore.jobs.errors import MissingPartitionError, SchemaMismatchError
+from batchscore.jobs.planning import LINEAGE_COLUMNS, Lineage, PlanRequest, build_plan, feature_row_bytes
+from batchscore.jobs.registry import resolve_model
+from batchscore.jobs.score import run
+from batchscore.jobs.scoring import transform
+from batchscore.udfs.spec import OutputField, ScoringPlan
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
 from tests.helpers import assert_close, job_config, reference_scores, score_partition
-from udfs.spec import OutputField, ScoringPlan
 
 
 def test_scores_equal_mlflow_pyfunc(spark, registry: Registry, input_path: str, tmp_path: Path) -> None:
@@ -211,7 +211,7 @@ def test_missing_feature_column_fails_before_writing(
 def test_ds_with_unpartitioned_output_is_refused_before_any_work(
     spark, registry: Registry, input_path: str, tmp_path: Path
 ) -> None:
-    from jobs.errors import TableLocationError
+    from batchscore.jobs.errors import TableLocationError
 
     cfg = job_config(input_path, str(tmp_path / "out"))
     cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"partition_column": None})})
@@ -221,7 +221,7 @@ def test_ds_with_unpartitioned_output_is_refused_before_any_work(
 
 
 def test_bad_ds_is_rejected(spark, registry: Registry, input_path: str, tmp_path: Path) -> None:
-    from jobs.errors import TableLocationError
+    from batchscore.jobs.errors import TableLocationError
 
     with pytest.raises(
         TableLocationError, match="expected --ds as YYYY-MM-DD, found \"2026-11-29' OR '1'='1\""
@@ -232,8 +232,8 @@ def test_bad_ds_is_rejected(spark, registry: Registry, input_path: str, tmp_path
 def test_scores_read_twice_are_cached_without_the_partition_value_and_freed(
     spark, registry: Registry, input_path: str, tmp_path: Path
 ) -> None:
-    from jobs.inputs import ScoringInput
-    from jobs.scoring import kept, score
+    from batchscore.jobs.inputs import ScoringInput
+    from batchscore.jobs.scoring import kept, score
 
     cfg = job_config(input_path, str(tmp_path / "out"))
     df = ScoringInput.open(spark, cfg.input, DATES[0])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from jobs.config import ScoringJobConfig
-from jobs.shadow import run
+from batchscore.jobs.config import ScoringJobConfig
+from batchscore.jobs.shadow import run
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
 from tests.helpers import assert_close, job_config, reference_scores
 
@@ -134,7 +134,7 @@ def test_promotion_needs_a_passing_comparison_and_rollback_restores(
 ) -> None:
     from mlflow import MlflowClient
 
-    from jobs.promote import PromotionRefusedError, promote, rollback
+    from batchscore.jobs.promote import PromotionRefusedError, promote, rollback
 
     client = MlflowClient(registry.tracking_uri)
     champion = str(client.get_model_version_by_alias(promo, "champion").version)
@@ -175,7 +175,7 @@ def test_force_promotes_without_a_comparison_and_says_so(
 ) -> None:
     from mlflow import MlflowClient
 
-    from jobs.promote import promote
+    from batchscore.jobs.promote import promote
 
     document = shadow_config(input_path, tmp_path, f"models:/{promo}@challenger").model_dump()
     document["model"]["uri"] = f"models:/{promo}@champion"

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from jobs.config import TableSection
-from jobs.outputs import CONCURRENT_WRITERS, unsorted_partition_writes, write_idempotent
+from batchscore.jobs.config import TableSection
+from batchscore.jobs.outputs import CONCURRENT_WRITERS, unsorted_partition_writes, write_idempotent
 
 
 def _write_stages_peak_memory(spark: Any, group: str) -> list[int]:

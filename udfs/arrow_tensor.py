@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from udfs.spec import OutputField
+from batchscore.udfs.spec import OutputField
 
 ModelOutput = npt.NDArray[Any] | Mapping[str, npt.NDArray[Any]] | Sequence[npt.NDArray[Any]]
 

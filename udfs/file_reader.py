@@ -15,8 +15,8 @@ from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 
-from udfs.scorer import ArrowScorer, make_arrow_scorer
-from udfs.spec import ModelRef, ScoringPlan
+from batchscore.udfs.scorer import ArrowScorer, make_arrow_scorer
+from batchscore.udfs.spec import ModelRef, ScoringPlan
 
 GROUP_COLUMN = "id"  # the task's file group, as spark.range numbers it
 

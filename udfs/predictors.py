@@ -14,10 +14,10 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from udfs.arrow_tensor import ModelOutput, features_to_numpy
-from udfs.cpu_kernels import cpu_forward, sequential_forward
-from udfs.spec import ModelRef, ScoringPlan
-from udfs.validation import has_nulls
+from batchscore.udfs.arrow_tensor import ModelOutput, features_to_numpy
+from batchscore.udfs.cpu_kernels import cpu_forward, sequential_forward
+from batchscore.udfs.spec import ModelRef, ScoringPlan
+from batchscore.udfs.validation import has_nulls
 
 
 class Predictor(Protocol):

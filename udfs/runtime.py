@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from udfs.arrow_tensor import ModelOutput, arrow_type, predictions_to_arrow
-from udfs.predictors import Predictor
-from udfs.spec import ScoringPlan
-from udfs.stats import empty_stats, record_batch
-from udfs.validation import (
+from batchscore.udfs.arrow_tensor import ModelOutput, arrow_type, predictions_to_arrow
+from batchscore.udfs.predictors import Predictor
+from batchscore.udfs.spec import ScoringPlan
+from batchscore.udfs.stats import empty_stats, record_batch
+from batchscore.udfs.validation import (
     INVALID_COLUMN,
     INVALID_FIELDS,
     INVALID_TYPE,

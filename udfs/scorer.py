@@ -15,19 +15,19 @@ from typing import Any
 
 import pyarrow as pa
 
-from udfs import model_cache
-from udfs.device import (
+from batchscore.udfs import model_cache
+from batchscore.udfs.device import (
     DeviceChoice,
     apply_threads,
     choose_device,
     current_task_resources,
 )
-from udfs.predictors import PairPredictor, Predictor, load_predictor
-from udfs.runtime import ScoringLoop
-from udfs.spec import ModelRef, ScoringPlan
-from udfs.stats import empty_stats, to_json, worker_id
-from udfs.validation import INVALID_COLUMN, INVALID_FIELDS, worker_error
-from udfs.worker_memory import keep_heap_resident, use_arrow_pool
+from batchscore.udfs.predictors import PairPredictor, Predictor, load_predictor
+from batchscore.udfs.runtime import ScoringLoop
+from batchscore.udfs.spec import ModelRef, ScoringPlan
+from batchscore.udfs.stats import empty_stats, to_json, worker_id
+from batchscore.udfs.validation import INVALID_COLUMN, INVALID_FIELDS, worker_error
+from batchscore.udfs.worker_memory import keep_heap_resident, use_arrow_pool
 
 log = logging.getLogger(__name__)
 

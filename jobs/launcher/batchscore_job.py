@@ -4,7 +4,7 @@ spark-submit puts this file's folder first on ``sys.path``; nothing else is in i
 shadows an installed package. The job runs from the installed ``jobs`` package (``batchscore <job>``).
 """
 
-from jobs.cli import main
+from batchscore.jobs.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -26,7 +26,7 @@ def _after_batch() -> None:
     elif FAULT == "fail_first_attempt":
         from pyspark import TaskContext
 
-        from udfs.validation import worker_error
+        from batchscore.udfs.validation import worker_error
 
         context = TaskContext.get()
         if context is not None and context.partitionId() == 0 and context.attemptNumber() == 0:
@@ -35,7 +35,7 @@ def _after_batch() -> None:
 
 def _install() -> None:
     try:
-        from udfs.runtime import ScoringLoop
+        from batchscore.udfs.runtime import ScoringLoop
     except ImportError:  # a process without the project (e.g. a build tool): nothing to inject into
         return
     scoring_run = ScoringLoop.run
