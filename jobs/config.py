@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchscore.jobs.errors import ConfigError
+from batchscore.jobs.home import packaged_conf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -335,7 +335,7 @@ def load_job_config(path: str | Path, overrides: Iterable[str] = ()) -> ScoringJ
 
 def conf_dir() -> Path:
     """The folder of named configs: ``$BATCHSCORE_CONF_DIR`` or the project's ``conf/``."""
-    return Path(os.environ.get("BATCHSCORE_CONF_DIR") or CONF_DIR)
+    return Path(os.environ.get("BATCHSCORE_CONF_DIR") or packaged_conf())
 
 
 def load_spark_profile(name_or_path: str) -> SparkProfile:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from batchscore.jobs.config import CONF_DIR, MlflowSection
-from batchscore.jobs.home import batchscore_home
+from batchscore.jobs.config import MlflowSection
+from batchscore.jobs.home import batchscore_home, packaged_conf
 from batchscore.jobs.tracking import ensure_experiment, tracking_target
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ log = logging.getLogger("batchscore.demo")
 N_FEATURES = 16
 FEATURES = tuple(f"f{i}" for i in range(N_FEATURES))
 MODEL_NAME = "fraud"
-DEMO_CONFIG = CONF_DIR / "jobs" / "fraud_nightly.yaml"
 INPUT_PATH = "warehouse/transactions"
 
 
@@ -184,13 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     started = time.perf_counter()
-    cfg = load_job_config(DEMO_CONFIG)
+    demo_config = packaged_conf() / "jobs" / "fraud_nightly.yaml"
+    cfg = load_job_config(demo_config)
     models = register_demo_models(cfg.mlflow, fresh=args.fresh)
     dates = demo_dates(args.days, dt.date.today() - dt.timedelta(days=1))
     with spark_session(cfg.spark.profile) as spark:
         write_demo_input(spark, resolve_location(INPUT_PATH), args.rows_per_day, dates, fresh=args.fresh)
     log.info("state in %s; scoring ds=%s through spark-submit", batchscore_home(), dates[-1])
-    code = submit("score", ["--config", str(DEMO_CONFIG), "--ds", dates[-1]])
+    code = submit("score", ["--config", str(demo_config), "--ds", dates[-1]])
     print(
         f"demo {'finished' if code == 0 else 'FAILED'} in {time.perf_counter() - started:.0f} s: "
         f"model {MODEL_NAME} champion=v{models.champion_version} challenger=v{models.challenger_version}, "

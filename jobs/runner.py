@@ -222,6 +222,22 @@ class ScoringJob(Generic[ResultT]):
         return 0
 
 
+def _warn_if_executors_need_driver_disk(spark: SparkSession, tracking_uri: str, artifact_uri: str) -> None:
+    """On a cluster, executors load the model themselves: a SQLite store or ``file:`` artifacts work only
+    where every executor sees the driver's disk."""
+    master = str(spark.conf.get("spark.master", None) or "local")
+    local_files = ("sqlite:", "file:", "/")
+    if master.startswith("local") or not (
+        tracking_uri.startswith(local_files) or artifact_uri.startswith(local_files)
+    ):
+        return
+    log.warning(
+        "executors on %s load the model from %s (artifacts %s): that works only where every executor sees "
+        "this disk; point mlflow.tracking_uri at an mlflow server with an artifact store they can reach",
+        master, tracking_uri, artifact_uri,
+    )  # fmt: skip
+
+
 def run_job(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None, job: ScoringJob[ResultT]) -> ResultT:
     """One run of ``job``: everything is checked and resolved before the MLflow run starts, so a user
     error leaves no run behind."""
@@ -238,6 +254,7 @@ def run_job(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None, job: Sco
     for role, resolved in models.items():
         ref = resolved.ref
         log.info("%s %s pinned to %s (run %s)", role, ref.requested_uri, ref.load_uri, ref.run_id)
+        _warn_if_executors_need_driver_disk(spark, ref.tracking_uri, ref.artifact_uri)
     source = ScoringInput.open(spark, cfg.input, ds)
     plan = job.plan(cfg, models, source)
     parts = [part for _, part in plan.pair] if plan.pair else [plan]

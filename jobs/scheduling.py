@@ -18,12 +18,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError
 
-from batchscore.jobs.config import CONF_DIR, StrictModel, load_job_config, load_spark_profile
+from batchscore.jobs.config import StrictModel, load_job_config, load_spark_profile
 from batchscore.jobs.errors import ConfigError, InvalidInputError
-from batchscore.jobs.home import resolve_location
+from batchscore.jobs.home import packaged_conf, resolve_location
 
 log = logging.getLogger("batchscore.scheduling")
-REPO = CONF_DIR.parent
 
 
 class SensorSection(StrictModel):
@@ -85,7 +84,8 @@ class DagConfig(StrictModel):
 
     def job_config_path(self) -> str:
         path = Path(os.path.expandvars(self.job_config))
-        return str(path if path.is_absolute() else REPO / path)
+        # Relative to the folder that holds conf/ (the repository, or the installed package).
+        return str(path if path.is_absolute() else packaged_conf().parent / path)
 
     def dag_kwargs(self, description: str) -> dict[str, Any]:
         """``DAG(...)`` arguments from this config: schedule, dates, concurrency, timeouts, owner, tags."""
@@ -112,7 +112,7 @@ class DagConfig(StrictModel):
 
 
 def airflow_conf_dir() -> Path:
-    return Path(os.environ.get("BATCHSCORE_AIRFLOW_CONF") or CONF_DIR / "airflow")
+    return Path(os.environ.get("BATCHSCORE_AIRFLOW_CONF") or packaged_conf() / "airflow")
 
 
 def load_dag_config(name: str) -> DagConfig:
@@ -131,12 +131,12 @@ def spark_submit_kwargs(job: str, job_config: str, *job_args: str) -> dict[str, 
     from batchscore.jobs.jars import cached_delta_jars
     from batchscore.jobs.launcher import LAUNCHER
     from batchscore.jobs.session import DELTA_CONF, with_driver_java_options
-    from batchscore.jobs.submit import LOG4J_CONF
+    from batchscore.jobs.submit import log4j_conf
 
     cfg = load_job_config(job_config)
     profile = load_spark_profile(cfg.spark.profile)
     conf = with_driver_java_options(
-        {**profile.conf, **cfg.spark.conf}, f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}"
+        {**profile.conf, **cfg.spark.conf}, f"-Dlog4j2.configurationFile={log4j_conf().as_uri()}"
     )
     conf.pop("spark.master", None)  # the Spark connection says where to run
     jars = ""

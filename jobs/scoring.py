@@ -245,6 +245,23 @@ def kept() -> Iterator[Keep]:
 
 
 _WORKER_ERROR = re.compile(re.escape(ERROR_MARKER) + r"\[(\w+)\]: ([^\n]*)")
+# A Python worker that cannot unpickle the scoring function: the executors' Python lacks a module.
+_MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
+
+
+def _missing_module(name: str) -> str:
+    if name == "batchscore" or name.startswith("batchscore."):
+        return (
+            f"executors cannot import batchscore (No module named {name!r}): ship it with the job "
+            "(`batchscore submit --master URL …` sends the installed package with --py-files; with "
+            "spark-submit, pass --py-files batchscore.zip or the wheel copied to a .zip) or install the "
+            "wheel in the executors' Python"
+        )
+    return (
+        f"executors cannot import {name!r}: the executors' Python (spark.pyspark.python) lacks batchscore's "
+        "dependencies; install them there (constraints.txt pins the versions) or ship a packed virtualenv "
+        "with --archives (Spark's Python package management docs)"
+    )
 
 
 @contextmanager
@@ -258,6 +275,9 @@ def executor_errors() -> Iterator[None]:
     except Exception as exc:
         found = _WORKER_ERROR.search(str(exc))
         if found is None:
+            missing = _MISSING_MODULE.search(str(exc))
+            if missing is not None:
+                raise ExecutorError(_missing_module(missing.group(1))) from None
             raise
         kind, message = found.groups()
         error = InvalidInputError if kind == "invalid_rows" else ExecutorError

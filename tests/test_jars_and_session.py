@@ -134,3 +134,81 @@ def test_spark_submit_keeps_the_profile_java_options_beside_its_log4j_file(tmp_p
     assert len(options) == 1
     assert "-Dlog4j2.configurationFile=" in options[0]
     assert "-Darrow.enable_unsafe_memory_access=true" in options[0]
+
+
+def _job_file(tmp_path: Path) -> str:
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "name: t\nmodel: {uri: 'models:/m/1'}\ninput: {path: /data/in}\n"
+        "output: {path: /data/out, key_columns: [id]}\nspark: {profile: cluster}\n"
+    )
+    return str(config)
+
+
+def _value(command: list[str], option: str) -> str | None:
+    return command[command.index(option) + 1] if option in command else None
+
+
+def test_submit_ships_the_package_to_a_cluster_and_nothing_to_local_mode(tmp_path: Path) -> None:
+    import zipfile
+
+    from batchscore.jobs.errors import ConfigError
+    from batchscore.jobs.submit import spark_submit_command
+
+    config = _job_file(tmp_path)
+    local, _ = spark_submit_command("score", ["--config", config, "--master", "local[2]"])
+    assert _value(local, "--master") == "local[2]" and "--py-files" not in local
+    cluster, _ = spark_submit_command(
+        "score", ["--config", config, "--master", "spark://h:7077", "--ds", "x"]
+    )
+    assert _value(cluster, "--master") == "spark://h:7077"
+    shipped = _value(cluster, "--py-files")
+    assert shipped and shipped.endswith(".zip")
+    names = zipfile.ZipFile(shipped).namelist()
+    assert {
+        "batchscore/__init__.py",
+        "batchscore/udfs/scorer.py",
+        "batchscore/conf/spark/cluster.yaml",
+    } <= set(names)
+    assert not [n for n in names if "__pycache__" in n]
+    # The job's own arguments reach the launcher; spark-submit's options do not.
+    assert cluster[-5:] == ["score", "--config", config, "--ds", "x"]
+    # A wheel is shipped as a .zip copy (Spark imports only .zip/.egg/.jar); --no-ship ships only it.
+    wheel = tmp_path / "batchscore-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(Path(shipped).read_bytes())
+    only, _ = spark_submit_command(
+        "score", ["--config", config, "--master", "yarn", "--py-files", str(wheel), "--no-ship"]
+    )
+    copy = _value(only, "--py-files") or ""
+    assert copy.endswith(f"/ship/{wheel.stem}.zip") and Path(copy).read_bytes() == wheel.read_bytes()
+    assert "--no-ship" not in only
+    with pytest.raises(
+        ConfigError, match=r"expected \.zip, \.egg, \.jar, \.py or \.whl files, found 'x\.tgz'"
+    ):
+        spark_submit_command("score", ["--config", config, "--master", "yarn", "--py-files", "x.tgz"])
+
+
+def test_the_package_imported_from_a_zip_reads_its_packaged_configs(tmp_path: Path) -> None:
+    """spark-submit puts --py-files first on the driver's path too: the driver then runs from the zip."""
+    from batchscore.jobs.submit import shipped_package
+
+    shipped = shipped_package(tmp_path / "ship")
+    probe = (
+        "import batchscore.jobs.config as c\n"
+        "print(c.__file__)\n"
+        "print(c.load_spark_profile('cluster').app_name)\n"
+        "print(c.conf_dir())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "BATCHSCORE_CONF_DIR"}
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**env, "PYTHONPATH": str(shipped), "BATCHSCORE_HOME": str(tmp_path / "home")},
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    module, app_name, conf = proc.stdout.split()
+    assert module.startswith(str(shipped)) and app_name == "batchscore"
+    assert (
+        Path(conf).parent == tmp_path / "home" / "conf"
+        and (Path(conf) / "jobs" / "fraud_nightly.yaml").is_file()
+    )
