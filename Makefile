@@ -11,7 +11,7 @@ export BATCHSCORE_HOME ?= $(CURDIR)/.batchscore
 $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade "pip>=24"
-	$(PY) -m pip install -c constraints.txt -e '.[dev,airflow]'
+	$(PY) -m pip install -c constraints.txt -e '.[spark,dev,airflow]'
 	touch $@
 
 # Delta Lake's JVM jars, resolved once from Maven Central into $(BATCHSCORE_HOME)/jars.
@@ -32,12 +32,17 @@ airflow-nightly: setup
 	$(AIRFLOW_ENV) $(BIN)/airflow db migrate
 	$(AIRFLOW_ENV) $(BIN)/airflow dags test batchscore_nightly_scoring $(DS)
 
+# The Pythons of python_requires (setup.cfg): ruff lints for the oldest (pyproject.toml), and checks the
+# syntax for each; mypy checks the standard library's API of each.
+PYTHONS := 3.10 3.11 3.12 3.13
+LINTED := jobs udfs tests bench airflow_dags notebooks
 lint: setup
-	$(BIN)/ruff check jobs udfs tests bench airflow_dags notebooks
-	$(BIN)/ruff format --check jobs udfs tests bench airflow_dags notebooks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	for v in $(subst .,,$(PYTHONS)); do $(BIN)/ruff check -q --target-version py$$v --select E9,F $(LINTED) || exit 1; done
 
 typecheck: setup
-	$(BIN)/mypy
+	for v in $(PYTHONS); do echo "mypy --python-version $$v"; $(BIN)/mypy --python-version $$v || exit 1; done
 
 pytest: setup
 	$(BIN)/pytest

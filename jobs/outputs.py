@@ -300,7 +300,7 @@ def write_comparison(
         "failed_checks": "; ".join(comparison.failed),
         "report": str(report),
         "job_run_id": job_run_id,
-        "compared_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
+        "compared_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
         column: ds,
     }
     schema = comparison_schema(column)

@@ -42,7 +42,9 @@ class Lineage:
 
     @classmethod
     def for_model(cls, ref: ModelRef, job_run_id: str, scored_at: dt.datetime | None = None) -> Lineage:
-        return cls(ref.name, ref.version, ref.run_id, scored_at or dt.datetime.now(dt.UTC), job_run_id)
+        return cls(
+            ref.name, ref.version, ref.run_id, scored_at or dt.datetime.now(dt.timezone.utc), job_run_id
+        )
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ def rollback(cfg: ScoringJobConfig, model: str | None = None, reason: str = "") 
 
 
 def _move(client: Any, name: str, *, to: str, replaced: str, action: str, reason: str) -> None:
-    who, when = getpass.getuser(), dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    who, when = getpass.getuser(), dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     client.set_registered_model_alias(name, CHAMPION, to)
     client.set_registered_model_alias(name, PREVIOUS, replaced)
     for key, value in (

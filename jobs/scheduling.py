@@ -93,7 +93,7 @@ class DagConfig(StrictModel):
             "dag_id": self.dag_id,
             "description": description,
             "schedule": self.schedule,
-            "start_date": dt.datetime.combine(self.start_date, dt.time(), tzinfo=dt.UTC),
+            "start_date": dt.datetime.combine(self.start_date, dt.time(), tzinfo=dt.timezone.utc),
             "catchup": self.catchup,
             "max_active_runs": self.max_active_runs,
             "dagrun_timeout": dt.timedelta(seconds=self.dagrun_timeout_s),
