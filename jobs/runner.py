@@ -11,6 +11,7 @@ listed, the job's MLflow run started, and the step run with worker errors turned
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from batchscore.jobs import redact
 from batchscore.jobs.config import load_job_config
-from batchscore.jobs.errors import BatchscoreError
+from batchscore.jobs.errors import BatchscoreError, ConfigError
 from batchscore.jobs.inputs import ScoringInput
 from batchscore.jobs.names import check_job_names
 from batchscore.jobs.outputs import count_invalid, write_quarantine
@@ -76,6 +77,13 @@ def job_parser(prog: str, description: str, *, ds_help: str | None = None) -> ar
     parser.add_argument("--config", required=True, help="job config YAML, e.g. conf/jobs/fraud_nightly.yaml")
     if ds_help is not None:
         parser.add_argument("--ds", help=ds_help)
+        parser.add_argument(
+            "--ds-offset",
+            type=int,
+            default=0,
+            metavar="DAYS",
+            help="days added to --ds: a scheduler that passes the run's own date scores yesterday with -1",
+        )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -269,6 +277,15 @@ def run_job(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None, job: Sco
             return job.step(ctx)
 
 
+def shifted_ds(ds: str | None, offset: int) -> str | None:
+    """``ds`` moved by ``offset`` days (``--ds-offset``); an offset without a ``--ds`` is an error."""
+    if offset == 0:
+        return ds
+    if ds is None:
+        raise ConfigError(f"expected --ds YYYY-MM-DD with --ds-offset {offset}, found no --ds")
+    return (dt.date.fromisoformat(validate_ds(ds)) + dt.timedelta(days=offset)).isoformat()
+
+
 def main(job: ScoringJob[Any], argv: Sequence[str] | None = None) -> int:
     """``batchscore <job>``: 0 on success (or the job's own exit code), 2 on a user error."""
     from batchscore.jobs.session import spark_session
@@ -281,7 +298,7 @@ def main(job: ScoringJob[Any], argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         cfg = load_job_config(args.config, args.overrides)
         with spark_session(cfg.spark.profile, cfg.spark.conf) as spark:
-            result = run_job(spark, cfg, args.ds, job)
+            result = run_job(spark, cfg, shifted_ds(args.ds, args.ds_offset), job)
         print(redact.redact(job.summary(result)))
         return job.exit_code(result, args)
 

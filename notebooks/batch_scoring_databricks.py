@@ -45,6 +45,8 @@ spark = SparkSession.getActiveSession() or get_or_create_session("local", {"spar
 input_path = params["input_path"] or str(batchscore_home() / "warehouse" / "transactions")
 output_path = params["output_path"] or str(batchscore_home() / "warehouse" / "fraud_scores_notebook")
 ds = params["ds"]
+# Serverless, standard access mode and Databricks Connect give a Spark Connect session; the code is the same.
+print("session:", "Spark Connect" if ".connect." in type(spark).__module__ else "classic")
 
 # COMMAND ----------
 

@@ -195,3 +195,21 @@ def test_notebook_api_over_connect_matches_classic(
     result = compare(df, "models:/fraud@champion", "models:/fraud@challenger", label_column="label")
     assert found["psi"] == pytest.approx(result.metrics["psi"]) and found["verdict"] == result.verdict
     assert found["figures"] == sorted(result.figures)
+
+
+def test_the_databricks_notebook_runs_over_connect(
+    spark, registry: Registry, input_path: str, tmp_path: Path, connect_url: str
+) -> None:
+    """Databricks serverless and standard access mode give notebooks a Connect session only."""
+    output = tmp_path / "scores"
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parent.parent / "notebooks" / "batch_scoring_databricks.py")],
+        env={**os.environ, "SPARK_REMOTE": connect_url, "BATCHSCORE_INPUT_PATH": input_path,
+             "BATCHSCORE_OUTPUT_PATH": str(output), "BATCHSCORE_DS": DS},
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"wrote {ROWS_PER_DAY} rows for ds={DS}" in proc.stdout
+    assert "session: Spark Connect" in proc.stdout
+    written = spark.read.format("delta").load(str(output)).select("transaction_id", "model_version").collect()
+    assert len(written) == ROWS_PER_DAY and {r[1] for r in written} == {registry.champion}

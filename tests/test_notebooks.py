@@ -1,4 +1,4 @@
-"""Notebooks: the Jupyter walkthrough executed headless, the Databricks notebook as a script, the bundle."""
+"""Notebooks: the Jupyter walkthrough executed headless, the Databricks notebook as a script."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from batchscore.udfs.worker_memory import ARROW_JEMALLOC_CONF
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,27 +63,8 @@ def test_databricks_notebook_runs_as_a_script_on_local_spark(
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"wrote {ROWS_PER_DAY} rows for ds={DATES[1]}" in proc.stdout
+    assert "session: classic" in proc.stdout
     written = spark.read.format("delta").load(str(output)).toPandas()
     assert len(written) == ROWS_PER_DAY and set(written["model_version"]) == {registry.champion}
     source = spark.read.format("delta").load(input_path).where(f"ds = '{DATES[1]}'").select("transaction_id")
     assert sorted(written["transaction_id"]) == sorted(r[0] for r in source.collect())
-
-
-def test_bundle_names_the_job_entry_point_and_its_parameters() -> None:
-    from batchscore.jobs.launcher import LAUNCHER
-    from batchscore.jobs.runner import job_parser
-
-    bundle = yaml.safe_load((ROOT / "databricks.yml").read_text())
-    job = bundle["resources"]["jobs"]["batchscore_nightly"]
-    task = job["tasks"][0]["spark_python_task"]
-    assert (ROOT / task["python_file"]).resolve() == LAUNCHER
-    values = {"${var.job_config}": "job.yaml", "{{job.parameters.ds}}": "2026-11-29"}
-    command, *job_args = [values.get(a, a) for a in task["parameters"]]
-    assert command == "score"
-    args = job_parser("batchscore score", "", ds_help="").parse_args(job_args)
-    assert (args.config, args.ds) == ("job.yaml", "2026-11-29")
-    assert {p["name"] for p in job["parameters"]} == {"ds"} and "job_config" in bundle["variables"]
-    assert job["tasks"][0]["libraries"] == [{"whl": "./dist/*.whl"}]
-    assert job["schedule"]["quartz_cron_expression"]
-    cluster = job["job_clusters"][0]["new_cluster"]
-    assert cluster["spark_env_vars"]["JE_ARROW_MALLOC_CONF"] == ARROW_JEMALLOC_CONF
