@@ -127,6 +127,18 @@ class QualitySection(StrictModel):
     quarantine: QuarantineSection | None = Field(
         None, description="default: the output's path or table name with a _quarantine suffix"
     )
+    hold: Literal["auto", "persist", "stage"] = Field(
+        "auto",
+        description="how a run keeps the scored rows it reads more than once (to count the invalid ones, "
+        "then write quarantine and output; the shadow job's sample and comparison): persist (Spark's "
+        "cache), stage (written once to a Delta staging table and read back; no cache, as Databricks "
+        "serverless asks), auto: stage over Spark Connect, persist on a classic session",
+    )
+    staging: QuarantineSection | None = Field(
+        None,
+        description="the staging Delta table of hold: stage, one partition per run, deleted as the run "
+        "ends; default: the output's path or table name with a _staging suffix",
+    )
 
 
 DEFAULT_THRESHOLDS = {"max_psi": 0.25, "max_ks": 0.2, "min_agreement": 0.9, "min_auc_delta": -0.01}
@@ -215,13 +227,18 @@ class ScoringJobConfig(StrictModel):
 
     def quarantine_section(self) -> QuarantineSection:
         """The configured quarantine table, or the output's location with a ``_quarantine`` suffix."""
-        if self.quality.quarantine is not None:
-            return self.quality.quarantine
+        return self.quality.quarantine or self._beside_output("_quarantine", self.output.partition_column)
+
+    def staging_section(self) -> QuarantineSection:
+        """The configured staging table (``hold: stage``), or the output's location with ``_staging``."""
+        return self.quality.staging or self._beside_output("_staging", None)
+
+    def _beside_output(self, suffix: str, partition_column: str | None) -> QuarantineSection:
         out = self.output
         if out.table is not None:
-            return QuarantineSection(table=f"{out.table}_quarantine", partition_column=out.partition_column)
+            return QuarantineSection(table=f"{out.table}{suffix}", partition_column=partition_column)
         path = (out.path or "").rstrip("/")
-        return QuarantineSection(path=f"{path}_quarantine", partition_column=out.partition_column)
+        return QuarantineSection(path=f"{path}{suffix}", partition_column=partition_column)
 
     name: str = Field(description="the job's name: MLflow run names, report folders")
     model: ModelSection = Field(description="the model to score with and how to call it")

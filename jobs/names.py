@@ -31,6 +31,10 @@ def _tables(cfg: ScoringJobConfig) -> Iterator[tuple[str, TableSection]]:
         yield "quality.quarantine", cfg.quality.quarantine
     elif cfg.quality.on_invalid == "quarantine":
         yield "output (its quarantine table)", cfg.quarantine_section()
+    if cfg.quality.staging is not None:
+        yield "quality.staging", cfg.quality.staging
+    elif cfg.quality.hold != "persist":
+        yield "output (its staging table)", cfg.staging_section()
     if cfg.shadow is not None:
         yield "shadow.output", cfg.shadow.output
         yield "shadow.comparison", cfg.shadow.comparison

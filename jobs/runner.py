@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from batchscore.jobs import redact
 from batchscore.jobs.config import load_job_config
 from batchscore.jobs.errors import BatchscoreError, ConfigError
+from batchscore.jobs.holding import held
 from batchscore.jobs.inputs import ScoringInput
 from batchscore.jobs.names import check_job_names
 from batchscore.jobs.outputs import count_invalid, write_quarantine
 from batchscore.jobs.planning import Lineage
 from batchscore.jobs.registry import resolve_model
 from batchscore.jobs.schema_check import check_input_schema
-from batchscore.jobs.scoring import Keep, RuntimeStats, executor_errors, kept, score, with_lineage
+from batchscore.jobs.scoring import Keep, RuntimeStats, executor_errors, score, with_lineage
 from batchscore.jobs.tables import validate_ds
 from batchscore.jobs.tracking import JobRun, job_run, quiet_mlflow, tracking_target
 from batchscore.udfs.validation import RAW_COLUMN, REASON_COLUMN
@@ -270,7 +271,10 @@ def run_job(spark: SparkSession, cfg: ScoringJobConfig, ds: str | None, job: Sco
         check_input_schema(source, resolved, part, cfg)  # every problem at once, before any work
     if ds is not None:
         source.partition_files()  # a missing partition fails here, before the run starts
-    with job_run(cfg.mlflow, run_name=job.run_name(cfg, ds)) as tracker, kept() as keep:
+    with (
+        job_run(cfg.mlflow, run_name=job.run_name(cfg, ds)) as tracker,
+        held(spark, cfg, tracker.run_id) as keep,
+    ):
         ctx = JobContext(spark, cfg, ds, models, source, plan, tracker, keep, started=started)
         tracker.log_params({"job": cfg.name, "ds": ds, **job.params(ctx)})
         with executor_errors():

@@ -98,7 +98,11 @@ def test_quarantine_and_canary_over_connect_match_classic(
     over_connect = with_sections(job_config(bad, str(tmp_path / "connect")), canary=canary)
     score_classic(spark, classic, DS)
     config = _config(tmp_path, over_connect, "canary")
-    _job_run(_over_connect(connect_url, tmp_path, "score", "--config", config, "--ds", DS))
+    proc = _over_connect(connect_url, tmp_path, "score", "--config", config, "--ds", DS)
+    _job_run(proc)
+    # quality.hold: auto stages over Connect (no persist()), and removes the staging table at the end.
+    assert "staging the scored rows in path " + str(tmp_path / "connect_staging") in proc.stderr
+    assert not (tmp_path / "connect_staging").exists()
     columns = ("transaction_id", "fraud_score", "variant", "model_version")
     written = _rows(spark, str(tmp_path / "connect"), *columns)
     assert written == _rows(spark, str(tmp_path / "classic"), *columns)
@@ -156,7 +160,8 @@ def test_a_shadow_run_that_fails_over_connect_writes_nothing(  # noqa: PLR0917 (
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert "40 of 400 input rows (10.00%) are invalid" in last and "Traceback" not in proc.stderr
-    assert not (tmp_path / "failing").exists(), "no output, shadow, comparison or quarantine table"
+    # No output, shadow, comparison or quarantine table, and the run's staging table is gone too.
+    assert not list((tmp_path / "failing").rglob("_delta_log")), list((tmp_path / "failing").rglob("*"))
 
 
 NOTEBOOK = """
