@@ -6,6 +6,7 @@ batchscore score --config F …       run the scoring job in this process
 batchscore shadow --config F …      champion and challenger in one pass, compared (verdict, report)
 batchscore promote --config F [--rollback|--force]  move the champion alias (gated by the comparison)
 batchscore submit score|shadow --config F [--master URL] …  run a job through spark-submit
+    [--py-files F,…] [--archives A] [--no-ship]   a cluster master gets the package with --py-files
 batchscore demo                     models, input and a spark-submit run on the embedded stack
 """
 

@@ -92,7 +92,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
     base = tmp_path_factory.mktemp("standalone")
     spark_home = _find_spark_home()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SPARK_REMOTE", "MASTER")}
+    # Nothing of the test session's own registry (mlflow.set_*_uri exports MLFLOW_* to child processes).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "SPARK_REMOTE", "MASTER") and not k.startswith("MLFLOW_")
+    }
     env.update(SPARK_HOME=spark_home, SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(base / "logs"))
     spark_class = str(Path(spark_home) / "bin" / "spark-class")
     port, ui, mlflow_port = _free_port(), _free_port(), _free_port()
@@ -233,7 +238,9 @@ def _runtime_metrics(cluster: Cluster, stdout: str) -> dict[str, float]:
 
     run_id = re.search(r"job run ([0-9a-f]{32})", stdout)
     assert run_id, stdout
-    return dict(MlflowClient(cluster.tracking_uri).get_run(run_id.group(1)).data.metrics)
+    return dict(
+        MlflowClient(cluster.tracking_uri, cluster.tracking_uri).get_run(run_id.group(1)).data.metrics
+    )
 
 
 def _check_scored(  # noqa: PLR0917 (one call per test)
@@ -245,7 +252,9 @@ def _check_scored(  # noqa: PLR0917 (one call per test)
     table = spark.read.format("delta").load(output).where(f"ds = '{ds}'")
     source = spark.read.format("delta").load(source_path).where(f"ds = '{ds}'")
     assert table.count() == source.count() > 0
-    champion = MlflowClient(cluster.tracking_uri).get_model_version_by_alias("fraud", "champion")
+    champion = MlflowClient(cluster.tracking_uri, cluster.tracking_uri).get_model_version_by_alias(
+        "fraud", "champion"
+    )
     lineage = table.select("model_name", "model_version", "model_run_id").distinct().collect()
     assert [tuple(r) for r in lineage] == [("fraud", str(champion.version), champion.run_id)]
     assert table.where("fraud_score IS NULL").count() == 0
