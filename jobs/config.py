@@ -136,8 +136,9 @@ class QualitySection(StrictModel):
     )
     staging: QuarantineSection | None = Field(
         None,
-        description="the staging Delta table of hold: stage, one partition per run, deleted as the run "
-        "ends; default: the output's path or table name with a _staging suffix",
+        description="where hold: stage writes a run's staging Delta tables (one per scored frame, removed "
+        "as the run ends): folders run=<id>/<n> under this path, or tables <name>_<id>_<n>; default: the "
+        "output's path or table name with a _staging suffix",
     )
 
 

@@ -139,7 +139,7 @@ def spark_submit_command(job: str, job_args: Sequence[str]) -> tuple[list[str], 
     # Spark's own INFO lines drown the job's progress lines; WARN and above still show.
     conf = with_driver_java_options(
         {**profile.conf, **cfg.spark.conf},
-        f"-Dlog4j2.configurationFile={(packaged_conf() / 'spark' / 'log4j2.properties').as_uri()}",
+        f"-Dlog4j2.configurationFile={log4j_conf().as_uri()}",
     )
     if profile.delta:
         command += ["--jars", ",".join(cached_delta_jars())]
