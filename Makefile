@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export BATCHSCORE_HOME ?= $(CURDIR)/.batchscore
 
-.PHONY: setup demo test lint typecheck pytest bench bench-quick lock clean airflow-nightly docs
+.PHONY: setup demo test lint typecheck pytest bench bench-quick bench-memory lock clean airflow-nightly docs
 
 # Virtualenv with the exact versions of constraints.txt (pip's cache is reused between machines' runs).
 $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
@@ -55,6 +55,11 @@ bench: setup
 
 bench-quick: setup
 	$(PY) bench/bench.py --quick
+
+# Each Python worker of the job with defaults against serverless' 1 GB UDF limit (kernel-enforced where
+# this machine lets us make memory cgroups).
+bench-memory: setup
+	$(PY) bench/worker_memory.py
 
 # docs/configuration.md from the config models (a test checks it is current).
 docs: $(VENV)/.installed

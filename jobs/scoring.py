@@ -247,6 +247,15 @@ def kept() -> Iterator[Keep]:
 _WORKER_ERROR = re.compile(re.escape(ERROR_MARKER) + r"\[(\w+)\]: ([^\n]*)")
 # A Python worker that cannot unpickle the scoring function: the executors' Python lacks a module.
 _MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
+# A Python worker that died without an error of its own (killed: most often by the kernel's or a
+# container's out-of-memory killer), or one Databricks stopped at its UDF memory limit (serverless: 1 GB).
+_WORKER_CRASH = re.compile(r"Python worker exited unexpectedly \(crashed\)")
+_MEMORY_LIMIT = re.compile(r"UDF_PYSPARK_USER_CODE_ERROR\.MEMORY_LIMIT")
+_MEMORY_LIMIT_MB = re.compile(r"Function exceeded the limit of (\d+) megabytes")
+_LESS_MEMORY = (
+    "lower model.batch_size and spark.sql.execution.arrow.maxRecordsPerBatch, read with "
+    "input.read_mode: dataframe, or give each Python worker more memory (docs/platforms.md: memory)"
+)
 
 
 def _missing_module(name: str) -> str:
@@ -264,10 +273,30 @@ def _missing_module(name: str) -> str:
     )
 
 
+def _environment_error(text: str) -> str | None:
+    """The one-line message for a task failure that the executors' environment caused (a module their
+    Python lacks, a worker killed or over a memory limit), else None."""
+    missing = _MISSING_MODULE.search(text)
+    if missing is not None:
+        return _missing_module(missing.group(1))
+    limit = _MEMORY_LIMIT_MB.search(text)
+    if limit is not None or _MEMORY_LIMIT.search(text):
+        size = f" ({limit.group(1)} MB)" if limit else ""
+        return f"a Python worker went over the platform's memory limit for a UDF{size}: {_LESS_MEMORY}"
+    if _WORKER_CRASH.search(text):
+        return (
+            "a Python worker died while scoring, with no error of its own: it was killed, most often for "
+            "memory (the kernel's or a container's out-of-memory killer; the executor's log or dmesg says); "
+            + _LESS_MEMORY
+        )
+    return None
+
+
 @contextmanager
 def executor_errors() -> Iterator[None]:
     """Turn a task failure that carries a user-facing worker error (``BATCHSCORE_ERROR[kind]: …``, e.g. a
-    model that fails to load, or an invalid row under ``on_invalid: fail``) into a one-line error."""
+    model that fails to load, or an invalid row under ``on_invalid: fail``) or that the executors'
+    environment caused into a one-line error."""
     try:
         yield
     except BatchscoreError:
@@ -275,10 +304,10 @@ def executor_errors() -> Iterator[None]:
     except Exception as exc:
         found = _WORKER_ERROR.search(str(exc))
         if found is None:
-            missing = _MISSING_MODULE.search(str(exc))
-            if missing is not None:
-                raise ExecutorError(_missing_module(missing.group(1))) from None
-            raise
+            message = _environment_error(str(exc))
+            if message is None:
+                raise
+            raise ExecutorError(message) from None
         kind, message = found.groups()
         error = InvalidInputError if kind == "invalid_rows" else ExecutorError
         raise error(f"a task failed on an executor: {message}") from None

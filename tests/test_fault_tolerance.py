@@ -73,6 +73,49 @@ def test_a_task_failing_its_first_attempt_is_retried_without_duplicates_or_gaps(
 
 
 @pytest.mark.slow
+def test_a_worker_killed_on_every_attempt_fails_the_job_in_one_line_and_writes_nothing(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    output = tmp_path / "scores"
+    config = _job_yaml(tmp_path, input_path, str(output), batch_size=50)
+    settings = yaml.safe_load(config.read_text())
+    settings["spark"]["conf"]["spark.master"] = "local[2,2]"  # two attempts, both killed
+    config.write_text(yaml.safe_dump(settings))
+    proc = subprocess.run(
+        [BATCHSCORE, "submit", "score", "--config", str(config), "--ds", DS],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_with_fault("kill_worker"),
+        check=False,
+    )
+    logs = proc.stdout + proc.stderr
+    errors = [line for line in logs.splitlines() if "ERROR batchscore" in line]
+    assert proc.returncode == 2, logs[-4000:]
+    assert len(errors) == 1, errors
+    assert "a Python worker died while scoring" in errors[0], errors
+    assert "model.batch_size" in errors[0], "the line says what to change"
+    assert "Traceback" not in logs
+    assert not (output / "_delta_log").exists(), "nothing written"
+
+
+def test_a_databricks_memory_limit_error_is_one_line_naming_the_limit() -> None:
+    """Databricks' own error for a UDF over its memory limit (its documented message; the platform is
+    not reachable from here), as a task failure would carry it."""
+    from batchscore.jobs.errors import ExecutorError
+    from batchscore.jobs.scoring import executor_errors
+
+    failure = (
+        "Job aborted due to stage failure: Task 3 in stage 7.0 failed 4 times ... "
+        "[UDF_PYSPARK_USER_CODE_ERROR.MEMORY_LIMIT_SERVERLESS] Function exceeded the limit of 1024 "
+        "megabytes. Please reduce the memory usage of your function. SQLSTATE: 39000"
+    )
+    expected = r"memory limit for a UDF \(1024 MB\): lower model.batch_size"
+    with pytest.raises(ExecutorError, match=expected), executor_errors():
+        raise RuntimeError(failure)
+
+
+@pytest.mark.slow
 def test_kill_9_mid_write_leaves_the_previous_version_and_a_rerun_completes(
     spark, registry: Registry, input_path: str, tmp_path: Path
 ) -> None:

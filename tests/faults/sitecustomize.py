@@ -6,7 +6,9 @@ submit``: spark-submit, its JVM, the Python driver and the workers, which inheri
 batch the scoring loop hands back be followed by the fault:
 
 - ``fail_first_attempt``: the first attempt of partition 0 fails after it has handed back a batch;
-- ``slow:<seconds>``: each task sleeps that long after every batch it hands back.
+- ``slow:<seconds>``: each task sleeps that long after every batch it hands back;
+- ``kill_worker``: the worker kills itself with SIGKILL after its first batch, on every attempt, as the
+  kernel's out-of-memory killer would.
 
 Nothing in ``udfs`` or ``jobs`` knows about it.
 """
@@ -21,7 +23,11 @@ FAULT = os.environ.get("BATCHSCORE_FAULT", "")
 def _after_batch() -> None:
     import time
 
-    if FAULT.startswith("slow:"):
+    if FAULT == "kill_worker":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif FAULT.startswith("slow:"):
         time.sleep(float(FAULT.split(":", 1)[1]))
     elif FAULT == "fail_first_attempt":
         from pyspark import TaskContext
