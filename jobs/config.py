@@ -28,6 +28,25 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ServerSection(StrictModel):
+    """The executor's model server (``model.sharing: executor``)."""
+
+    max_batch_size: int | None = Field(
+        None, ge=1, description="rows per model batch, coalesced across tasks (default: model.batch_size)"
+    )
+    max_queue_delay_ms: float = Field(
+        2.0, ge=0, description="how long a request waits for others to fill its model batch"
+    )
+    idle_timeout_s: float = Field(
+        600.0, gt=0, description="the server exits after this long without requests"
+    )
+    start_timeout_s: float = Field(600.0, gt=0, description="for a new server to load its model and answer")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="for one request's answer; a server that takes longer is killed as hung"
+    )
+    threads: int = Field(0, ge=0, description="torch threads of a CPU server (0: the executor's cores)")
+
+
 class ModelSection(StrictModel):
     uri: str = Field(description="models:/name@alias, models:/name/version or runs:/run_id/path")
     batch_size: int = Field(4096, ge=1, description="rows per model call, independent of Arrow batches")
@@ -40,6 +59,12 @@ class ModelSection(StrictModel):
         description="plain float32 MLPs on CPU: onednn (fused, prepacked; float32 rounding of the module's "
         "outputs) or torch (the module's own ops, bitwise its outputs)",
     )
+    sharing: Literal["worker", "executor"] = Field(
+        "worker",
+        description="worker: each Python worker holds its own copy of the model; executor: one model "
+        "server per executor and device serves all of its tasks, batching their rows together (torch models)",
+    )
+    server: ServerSection = Field(default_factory=ServerSection, description="model.sharing: executor")
 
     @field_validator("device")
     @classmethod

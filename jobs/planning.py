@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from batchscore.jobs.errors import SchemaMismatchError, SignatureError
+from batchscore.jobs.errors import ConfigError, SchemaMismatchError, SignatureError
 from batchscore.jobs.registry import ResolvedModel, output_fields, signature_input_names, signature_row_shape
-from batchscore.udfs.spec import ModelRef, OutputField, ScoringPlan, arrow_batch_rows
+from batchscore.udfs.spec import ModelRef, OutputField, ScoringPlan, Sharing, arrow_batch_rows
 from batchscore.udfs.validation import INVALID_COLUMN, INVALID_FIELDS
 
 if TYPE_CHECKING:
@@ -119,6 +119,27 @@ def build_plan(
         key_columns=request.key_columns,
         # torch modules take float32 tensors (features_to_numpy); pyfunc models take the columns as read.
         input_dtype="float32" if resolved.ref.flavor == "pytorch" else None,
+        sharing=sharing(resolved, model),
+    )
+
+
+def sharing(resolved: ResolvedModel, model: ModelSection) -> Sharing | None:
+    """The executor model server's settings under ``model.sharing: executor`` (torch models only)."""
+    if model.sharing == "worker":
+        return None
+    if resolved.ref.flavor != "pytorch":
+        raise ConfigError(
+            f"model.sharing: executor serves torch models; {resolved.ref.load_uri} is a "
+            f"{resolved.ref.flavor} model (use model.sharing: worker)"
+        )
+    server = model.server
+    return Sharing(
+        max_batch_size=server.max_batch_size or model.batch_size,
+        max_queue_delay_ms=server.max_queue_delay_ms,
+        idle_timeout_s=server.idle_timeout_s,
+        start_timeout_s=server.start_timeout_s,
+        request_timeout_s=server.request_timeout_s,
+        threads=server.threads,
     )
 
 

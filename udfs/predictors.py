@@ -55,6 +55,23 @@ def _to_numpy(output: Any) -> ModelOutput:
     )
 
 
+def valid_features(
+    batch: pa.RecordBatch, columns: tuple[str, ...], row_shape: tuple[int, ...], *, row_major: bool
+) -> np.ndarray[Any, Any] | None:
+    """The decoded float32 features when they prove every row valid, else None (the scoring loop then
+    checks row by row): no nulls (Arrow metadata), equal array lengths and a finite sum of the buffer, one
+    vectorised pass instead of a check per column."""
+    if has_nulls(batch, columns):
+        return None
+    try:
+        features = features_to_numpy(batch, columns, row_shape, row_major=row_major)
+    except ValueError:  # arrays of different lengths: found and reported row by row
+        return None
+    if not np.isfinite(features.sum()):  # NaN, infinity, or a float32 overflow somewhere
+        return None
+    return features
+
+
 class TorchPredictor:
     """A ``torch.nn.Module`` resident on one device.
 
@@ -99,16 +116,11 @@ class TorchPredictor:
         return self._to_inputs(self._features(batch))
 
     def decode_if_valid(self, batch: pa.RecordBatch) -> Any | None:
-        """No nulls (Arrow metadata), equal array lengths and a finite sum of the decoded float32 buffer
-        prove every row valid: one vectorised pass instead of a check per column."""
-        if has_nulls(batch, self.feature_columns):
-            return None
-        try:
-            features = self._features(batch)
-        except ValueError:  # arrays of different lengths: found and reported row by row
-            return None
-        if not np.isfinite(features.sum()):  # NaN, infinity, or a float32 overflow somewhere
-            return None
+        features = valid_features(batch, self.feature_columns, self.row_shape, row_major=self.row_major)
+        return None if features is None else self._to_inputs(features)
+
+    def inputs_from_features(self, features: np.ndarray[Any, Any]) -> Any:
+        """Model inputs from decoded features (the model server's requests arrive decoded)."""
         return self._to_inputs(features)
 
     def _to_inputs(self, features: np.ndarray[Any, Any]) -> Any:

@@ -59,13 +59,27 @@ def cached_predictor(ref: ModelRef, plan: ScoringPlan, device: str) -> Predictor
 
 
 def task_device(plan: ScoringPlan) -> tuple[DeviceChoice, tuple[str, ...]]:
-    """The device this task scores on, and the GPU addresses Spark gave it."""
+    """The device this task scores on, and the GPU addresses Spark gave it. torch is imported only to
+    count GPUs when the task has some or a GPU is configured (a CPU task of an executor's model server
+    never imports it)."""
     resources = current_task_resources()
-    cuda = cuda_device_count() if plan.device != "cpu" else 0
+    wants_gpu = bool(resources.gpu_addresses) or plan.device.startswith("cuda")
+    cuda = cuda_device_count() if plan.device != "cpu" and wants_gpu else 0
     choice = choose_device(plan.device, resources, cuda)
-    apply_threads(choice)
+    if plan.sharing is None:  # a model server sets its own threads
+        apply_threads(choice)
     keep_heap_resident()
     return choice, resources.gpu_addresses
+
+
+def task_predictor(ref: ModelRef, plan: ScoringPlan, device: str, stats: dict[str, Any]) -> Predictor:
+    """This task's predictor: the worker's resident copy, or the executor's model server
+    (``model.sharing: executor``)."""
+    if plan.sharing is None:
+        return cached_predictor(ref, plan, device)
+    from batchscore.udfs.model_client import RemotePredictor, server_client
+
+    return RemotePredictor(server_client(ref, plan, device), plan, stats)
 
 
 def with_task_stats(batch: pa.RecordBatch, stats: dict[str, Any]) -> pa.RecordBatch:
@@ -101,11 +115,11 @@ def make_arrow_scorer(ref: ModelRef, plan: ScoringPlan) -> ArrowScorer:
         if plan.pair is not None:  # shadow mode: both models resident, each batch scored by both
             (first_ref, first_plan), (second_ref, second_plan) = plan.pair
             predictor: Predictor = PairPredictor(
-                cached_predictor(first_ref, first_plan, choice.device),
-                cached_predictor(second_ref, second_plan, choice.device),
+                task_predictor(first_ref, first_plan, choice.device, stats),
+                task_predictor(second_ref, second_plan, choice.device, stats),
             )
         else:
-            predictor = cached_predictor(ref, plan, choice.device)
+            predictor = task_predictor(ref, plan, choice.device, stats)
         stats["device_by_worker"][worker] = choice.device
         stats["gpu_addresses_by_worker"][worker] = list(addresses)
         started = time.perf_counter()  # scoring only: a first task's model load is not per-row cost

@@ -78,6 +78,20 @@ class OutputField:
 
 
 @dataclass(frozen=True)
+class Sharing:
+    """``model.sharing: executor``: one model-server process per (model version, device) on each
+    executor, shared by all of its tasks, batching their requests together (Triton's dynamic batcher:
+    model batches of up to ``max_batch_size`` rows, waiting at most ``max_queue_delay_ms`` for more)."""
+
+    max_batch_size: int = 4096
+    max_queue_delay_ms: float = 2.0
+    idle_timeout_s: float = 600.0  # the server exits after this long without a request
+    start_timeout_s: float = 600.0  # for a server to load its model and answer
+    request_timeout_s: float = 300.0  # for one request's answer; then the server is killed as hung
+    threads: int = 0  # torch threads of a CPU server (0: every core the executor's process may use)
+
+
+@dataclass(frozen=True)
 class ScoringPlan:
     """What a worker does with each Arrow batch: features in, pass-through and prediction columns out."""
 
@@ -105,6 +119,7 @@ class ScoringPlan:
     # batch decoded once (shared when the models take the same tensor) and scored by both. ``outputs``
     # then holds the champion's one output column followed by the challenger's.
     pair: tuple[tuple[ModelRef, ScoringPlan], tuple[ModelRef, ScoringPlan]] | None = None
+    sharing: Sharing | None = None  # None: each Python worker keeps its own copy (model.sharing: worker)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -20,6 +20,9 @@ from typing import Any
 _LOW_EXP, _HIGH_EXP, _STEPS = -120, 240, 40
 N_BUCKETS = _HIGH_EXP - _LOW_EXP + 1
 STAGES = ("decode", "compute", "encode")
+# Latency histograms: per Arrow batch in a task; per request to an executor's model server, split into the
+# time it queued for its model batch and that batch's compute.
+HISTOGRAMS = ("latency_hist", "queue_hist", "server_compute_hist")
 
 
 def bucket_of(ms: float) -> int:
@@ -49,6 +52,11 @@ def empty_stats() -> dict[str, Any]:
         "task_s": 0.0,  # wall time of the tasks that scored, first batch to last (per-row cost in workers)
         "stage_s": dict.fromkeys(STAGES, 0.0),
         "latency_hist": [0] * N_BUCKETS,
+        "queue_hist": [0] * N_BUCKETS,
+        "server_compute_hist": [0] * N_BUCKETS,
+        "requests": 0,  # to executor model servers
+        "server_batches": 0.0,  # model batches those requests rode in: each request's share of its batch
+        "servers": {},  # server (host:pid) -> {"loads", "device", "executor"}
         "loads_by_worker": {},
         "device_by_worker": {},
         "gpu_addresses_by_worker": {},
@@ -67,12 +75,35 @@ def record_batch(
     stats["latency_hist"][bucket_of((decode_s + compute_s + encode_s) * 1000.0)] += 1
 
 
+def record_request(
+    stats: dict[str, Any], rows: int, info: dict[str, Any], device: str, executor_pid: int
+) -> None:
+    """Add one model-server request: its queue wait and compute, its share of the model batch it rode in
+    (the shares of a batch's requests add up to one batch), and the server that answered."""
+    stats["requests"] += 1
+    stats["server_batches"] += rows / max(1, int(info["batch_rows"]))
+    stats["queue_hist"][bucket_of(float(info["queue_ms"]))] += 1
+    stats["server_compute_hist"][bucket_of(float(info["compute_ms"]))] += 1
+    host = str(info["server"]).rsplit(":", 1)[0]
+    stats["servers"][info["server"]] = {
+        "loads": int(info["loads"]),
+        "device": device,
+        "executor": f"{host}:{executor_pid}",
+    }
+
+
 def merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     for key in ("rows", "batches", "arrow_batches", "tasks", "oom_backoffs", "invalid_rows", "task_s"):
         into[key] += other[key]
     for stage in STAGES:
         into["stage_s"][stage] += other["stage_s"][stage]
-    into["latency_hist"] = [a + b for a, b in zip(into["latency_hist"], other["latency_hist"], strict=True)]
+    for name in HISTOGRAMS:
+        into[name] = [a + b for a, b in zip(into[name], other.get(name) or [0] * N_BUCKETS, strict=True)]
+    into["requests"] += other.get("requests", 0)
+    into["server_batches"] += other.get("server_batches", 0.0)
+    for server, facts in other.get("servers", {}).items():
+        known = into["servers"].setdefault(server, facts)
+        known["loads"] = max(known["loads"], facts["loads"])
     for worker, loads in other["loads_by_worker"].items():
         into["loads_by_worker"][worker] = into["loads_by_worker"].get(worker, 0) + loads
     into["device_by_worker"].update(other["device_by_worker"])
@@ -82,14 +113,15 @@ def merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     return into
 
 
-def latency_percentile_ms(stats: dict[str, Any], q: float) -> float:
-    """The ``q`` quantile (0..1) of batch latency, as the upper bound of its histogram bucket."""
-    total = sum(stats["latency_hist"])
+def latency_percentile_ms(stats: dict[str, Any], q: float, histogram: str = "latency_hist") -> float:
+    """The ``q`` quantile (0..1) of a latency histogram (batch latency by default), as the upper bound of
+    its bucket."""
+    total = sum(stats[histogram])
     if total == 0:
         return 0.0
     rank = max(1, math.ceil(q * total))
     seen = 0
-    for index, count in enumerate(stats["latency_hist"]):
+    for index, count in enumerate(stats[histogram]):
         seen += count
         if seen >= rank:
             return bucket_upper_ms(index)
@@ -116,22 +148,48 @@ def summary_metrics(stats: dict[str, Any]) -> dict[str, float]:
     for stage in STAGES:
         metrics[f"{stage}_total_s"] = stats["stage_s"][stage]
         metrics[f"{stage}_mean_ms"] = stats["stage_s"][stage] * 1000.0 / arrow_batches
+    if stats["requests"]:
+        metrics.update(server_metrics(stats))
     return metrics
+
+
+def server_metrics(stats: dict[str, Any]) -> dict[str, float]:
+    """``model.sharing: executor``: the servers, their loads and copies, and the requests' batching and
+    latency (queue wait and compute)."""
+    servers = stats["servers"]
+    copies: dict[tuple[str, str], int] = {}
+    for facts in servers.values():
+        key = (facts["executor"], facts["device"])
+        copies[key] = copies.get(key, 0) + 1
+    batches = max(stats["server_batches"], 1e-9)
+    return {
+        "model_servers": float(len(servers)),
+        "server_model_loads": float(sum(f["loads"] for f in servers.values())),
+        "model_copies_per_executor_device": float(max(copies.values())),
+        "server_requests": float(stats["requests"]),
+        "server_model_batches": round(stats["server_batches"], 3),
+        "server_rows_per_model_batch": stats["rows"] / batches,
+        "request_queue_p50_ms": latency_percentile_ms(stats, 0.50, "queue_hist"),
+        "request_queue_p99_ms": latency_percentile_ms(stats, 0.99, "queue_hist"),
+        "request_compute_p50_ms": latency_percentile_ms(stats, 0.50, "server_compute_hist"),
+        "request_compute_p99_ms": latency_percentile_ms(stats, 0.99, "server_compute_hist"),
+    }
 
 
 def to_json(stats: dict[str, Any]) -> str:
     """A task's stats as the JSON it sends (the latency histogram sparse: bucket -> count)."""
-    sparse = {str(i): n for i, n in enumerate(stats["latency_hist"]) if n}
-    return json.dumps({**stats, "latency_hist": sparse}, separators=(",", ":"))
+    sparse = {name: {str(i): n for i, n in enumerate(stats[name]) if n} for name in HISTOGRAMS}
+    return json.dumps({**stats, **sparse}, separators=(",", ":"))
 
 
 def from_json(text: str) -> dict[str, Any]:
     """The stats :func:`to_json` sent."""
     stats: dict[str, Any] = json.loads(text)
-    histogram = [0] * N_BUCKETS
-    for index, count in stats["latency_hist"].items():
-        histogram[int(index)] = count
-    stats["latency_hist"] = histogram
+    for name in HISTOGRAMS:
+        histogram = [0] * N_BUCKETS
+        for index, count in (stats.get(name) or {}).items():
+            histogram[int(index)] = count
+        stats[name] = histogram
     return stats
 
 
