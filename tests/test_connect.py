@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -87,6 +88,26 @@ def test_score_over_connect_writes_what_classic_writes_and_reruns_replace_one_pa
     assert metrics["scoring_tasks"] >= 1 and metrics["model_batches"] >= 1
     assert 0 < metrics["batch_latency_p50_ms"] <= metrics["batch_latency_p99_ms"]
     assert metrics["compute_total_s"] > 0 and metrics["model_loads"] <= metrics["scoring_workers"]
+
+
+def test_executor_model_server_over_connect_scores_what_worker_mode_scores(
+    spark, registry: Registry, input_path: str, tmp_path: Path, connect_url: str
+) -> None:
+    from mlflow import MlflowClient
+
+    classic_out, connect_out = str(tmp_path / "classic"), str(tmp_path / "connect")
+    score_classic(spark, job_config(input_path, classic_out), DS)
+    cfg = job_config(input_path, connect_out, sharing="executor", batch_size=32)
+    run = _job_run(
+        _over_connect(connect_url, tmp_path, "score", "--config", _config(tmp_path, cfg, "s"), "--ds", DS)
+    )
+    columns = ("transaction_id", "fraud_score")
+    ours, theirs = _rows(spark, connect_out, *columns), _rows(spark, classic_out, *columns)
+    assert [r[0] for r in ours] == [r[0] for r in theirs]
+    np.testing.assert_allclose([r[1] for r in ours], [r[1] for r in theirs], rtol=1e-5)
+    metrics = MlflowClient(registry.tracking_uri).get_run(run).data.metrics
+    assert metrics["model_servers"] == 1 and metrics["model_copies_per_executor_device"] == 1
+    assert metrics["server_requests"] >= ROWS_PER_DAY // 32 and metrics["model_loads"] == 0
 
 
 def test_quarantine_and_canary_over_connect_match_classic(
