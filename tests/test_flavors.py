@@ -112,6 +112,37 @@ def test_torch_export_model_with_vector_output(
     assert_close(np.stack(result["emb"].to_numpy()), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_torch_export_model_through_the_executor_model_server(
+    spark, registry: Registry, input_path: str, tmp_path: Path, pt2_version: tuple[str, object]
+) -> None:
+    """A vector output and a tensor signature travel through the server's wire format unchanged."""
+    version, _ = pt2_version
+    cfg = job_config(
+        input_path, str(tmp_path / "out"), uri=f"models:/embedder/{version}", prediction_column="emb"
+    )
+    cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"feature_columns": list(FEATURES)})})
+    worker, _ = score_partition(spark, cfg, registry.tracking_uri, input_path, DATES[1])
+    shared_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"sharing": "executor"})})
+    shared, _ = score_partition(spark, shared_cfg, registry.tracking_uri, input_path, DATES[1])
+    worker, shared = worker.sort_values("transaction_id"), shared.sort_values("transaction_id")
+    assert shared["emb"].iloc[0].dtype == np.float32 and len(shared["emb"].iloc[0]) == 3
+    assert_close(np.stack(shared["emb"].to_numpy()), np.stack(worker["emb"].to_numpy()), rtol=1e-5, atol=1e-6)
+
+
+def test_executor_sharing_of_a_pyfunc_model_is_a_config_error(
+    registry: Registry, input_path: str, tmp_path: Path, pyfunc_version: str
+) -> None:
+    from batchscore.jobs.errors import ConfigError
+
+    uri = f"models:/linear_risk/{pyfunc_version}"
+    cfg = job_config(input_path, str(tmp_path / "out"), uri=uri, sharing="executor")
+    resolved = resolve_model(cfg.model.uri, registry.tracking_uri)
+    with pytest.raises(
+        ConfigError, match=r"model.sharing: executor serves torch models; .* is a pyfunc model"
+    ):
+        build_plan(resolved, PlanRequest.for_job(cfg), ["transaction_id", "label", "ds", *FEATURES])
+
+
 def test_tensor_signature_without_feature_columns_is_an_error(
     registry: Registry, input_path: str, tmp_path: Path, pt2_version: tuple[str, object]
 ) -> None:
