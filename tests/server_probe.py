@@ -135,9 +135,15 @@ def main() -> None:
                 }
             )
         executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1
-        print(json.dumps({"jobs": jobs, "executors": executors}))
     finally:
         spark.stop()
+    # The servers exit with their executors.
+    running = [p.pid for p in servers()]
+    deadline = time.monotonic() + 15
+    while running and time.monotonic() < deadline:
+        time.sleep(0.5)
+        running = [p.pid for p in servers()]
+    print(json.dumps({"jobs": jobs, "executors": executors, "servers_after_stop": running}))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,35 @@ def test_local_session_scores_through_one_server_equal_to_worker_mode(spark, reg
     assert [s["loads"] for s in stats["servers"].values()] == [1]
     assert sum(stats["loads_by_worker"].values()) == 0, "workers load nothing in executor mode"
     assert stats["requests"] >= ROWS_PER_DAY // 16
+
+
+def test_a_hung_server_fails_the_job_in_one_line_and_the_next_run_starts_a_fresh_one(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    import psutil
+
+    from batchscore.jobs.errors import ExecutorError
+    from batchscore.jobs.score import run
+
+    cfg = job_config(input_path, str(tmp_path / "out"), sharing="executor", server={"request_timeout_s": 3})
+    run(spark, cfg, DATES[0])
+    found = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "batchscore.udfs.model_server" in (p.info["cmdline"] or [])
+    ]
+    assert found, "the first run left its server running"
+    for proc in found:
+        proc.suspend()  # SIGSTOP: it accepts connections (the kernel does) but answers nothing
+    started = time.monotonic()
+    with pytest.raises(
+        ExecutorError, match=r"model server for models:/fraud/\d+ on cpu .* did not answer within "
+    ):
+        run(spark, cfg, DATES[1])
+    assert time.monotonic() - started < 60, "bounded by request_timeout_s, not by the job"
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in found), "killed as hung"
+    result = run(spark, cfg, DATES[1])
+    assert result.rows_scored == ROWS_PER_DAY and result.runtime["model_servers"] == 1
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,6 +181,7 @@ def test_a_later_job_after_the_workers_were_stopped_scores_correctly(executor_mo
     assert len(servers) == 2 and all(facts["loads"] == 1 for facts in servers.values())
     # The servers outlived the Python workers Spark stopped after a minute idle: the same ones answered.
     assert set(servers) == set(first["stats"]["servers"])
+    assert executor_mode["servers_after_stop"] == [], "the servers exit with their executors"
 
 
 @pytest.mark.slow

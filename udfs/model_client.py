@@ -44,7 +44,7 @@ from batchscore.udfs.model_wire import (
     send_frame,
 )
 from batchscore.udfs.predictors import valid_features
-from batchscore.udfs.runtime import ModelOutOfMemoryError
+from batchscore.udfs.runtime import ModelOutOfMemoryError, ModelServerError
 from batchscore.udfs.spec import ModelRef, ScoringPlan
 from batchscore.udfs.stats import record_request
 from batchscore.udfs.validation import worker_error
@@ -164,7 +164,7 @@ class ServerClient:
                 if sock is not None:
                     return sock
                 if process.poll() is not None:
-                    raise RuntimeError(
+                    raise ModelServerError(
                         worker_error(
                             "model_server",
                             f"{self.describe()} exited with code {process.returncode} as it started"
@@ -172,7 +172,7 @@ class ServerClient:
                         )
                     )
                 time.sleep(0.05)
-        raise RuntimeError(
+        raise ModelServerError(
             worker_error(
                 "model_server", f"{self.describe()} did not start listening in time{self._log_tail()}"
             )
@@ -189,7 +189,7 @@ class ServerClient:
             hello = decode_hello(recv_frame(sock))
         except (TimeoutError, ServerGoneError, OSError) as exc:
             sock.close()
-            raise RuntimeError(
+            raise ModelServerError(
                 worker_error(
                     "model_server",
                     f"{self.describe()} did not answer within model.server.start_timeout_s="
@@ -198,7 +198,7 @@ class ServerClient:
             ) from None
         if "error" in hello:
             sock.close()
-            raise RuntimeError(worker_error("model_load", f"{self.describe()}: {hello['error']}"))
+            raise ModelServerError(worker_error("model_load", f"{self.describe()}: {hello['error']}"))
         sock.settimeout(self.settings.request_timeout_s)
         self.sock, self.hello = sock, hello
         return sock
@@ -226,7 +226,7 @@ class ServerClient:
                 except TimeoutError:
                     self._kill_hung_server()
                     self.close()
-                    raise RuntimeError(
+                    raise ModelServerError(
                         worker_error(
                             "model_server",
                             f"{self.describe()} did not answer within model.server.request_timeout_s="
@@ -239,7 +239,7 @@ class ServerClient:
                     if attempt == 1:
                         log.warning("%s closed the connection (%s); connecting again", self.describe(), exc)
                         continue
-                    raise RuntimeError(
+                    raise ModelServerError(
                         worker_error(
                             "model_server",
                             f"{self.describe()} closed the connection twice ({exc}){self._log_tail()}",

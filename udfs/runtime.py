@@ -50,6 +50,11 @@ class ModelOutOfMemoryError(RuntimeError):
     """The model does not fit on its device even one row at a time."""
 
 
+class ModelServerError(RuntimeError):
+    """The executor's model server failed (did not start, answer or load), not the rows sent to it: the
+    task fails as it is, without quarantining the rows."""
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """A CUDA (or other accelerator) out-of-memory error, without importing torch."""
     return type(exc).__name__ == "OutOfMemoryError" or (
@@ -286,7 +291,7 @@ class ScoringLoop:
             try:
                 accepted.append((part, self.compute(self.predictor.decode(part), part.num_rows)))
             except Exception as exc:
-                if is_out_of_memory(exc):
+                if is_out_of_memory(exc) or isinstance(exc, ModelServerError):
                     raise
                 if part.num_rows == 1:
                     rejected[offset] = f"model rejected the row: {type(exc).__name__}: {exc}"[:1000]
@@ -322,7 +327,7 @@ class ScoringLoop:
             try:
                 output = self.compute(inputs, batch.num_rows)
             except Exception as exc:
-                if not self._quarantining() or isinstance(exc, ModelOutOfMemoryError):
+                if not self._quarantining() or isinstance(exc, (ModelOutOfMemoryError, ModelServerError)):
                     raise
                 yield from self.isolate_rejected(batch, exc)
                 continue
