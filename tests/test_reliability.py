@@ -166,8 +166,9 @@ def test_rows_the_model_rejects_are_quarantined(
     )
 
 
+@pytest.mark.parametrize("sharing", ["worker", "executor"])
 def test_model_that_fails_to_load_on_executors_names_the_reason(
-    spark, registry: Registry, input_path: str, tmp_path: Path
+    spark, registry: Registry, input_path: str, tmp_path: Path, sharing: str
 ) -> None:
     import shutil
 
@@ -181,12 +182,12 @@ def test_model_that_fails_to_load_on_executors_names_the_reason(
     weights.write_bytes(b"not a torch file")  # the model's artifact is corrupt on every executor
     try:
         with pytest.raises(ExecutorError) as err:
-            run(spark, job_config(input_path, str(tmp_path / "out"), uri=uri), DS)
+            run(spark, job_config(input_path, str(tmp_path / "out"), uri=uri, sharing=sharing), DS)
     finally:
         shutil.copy(tmp_path / "saved.pth", weights)
     message = str(err.value)
     assert f"model models:/rejecting/{version} failed to load on " in message
-    assert "\n" not in message
+    assert "\n" not in message and message.count("BATCHSCORE_ERROR") == 0, message
     assert not DeltaTable.isDeltaTable(spark, str(tmp_path / "out")), "no commit"
 
 

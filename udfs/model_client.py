@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
@@ -47,7 +48,7 @@ from batchscore.udfs.predictors import valid_features
 from batchscore.udfs.runtime import ModelOutOfMemoryError, ModelServerError
 from batchscore.udfs.spec import ModelRef, ScoringPlan
 from batchscore.udfs.stats import record_request
-from batchscore.udfs.validation import worker_error
+from batchscore.udfs.validation import ERROR_MARKER, worker_error
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,8 @@ class ServerClient:
             ) from None
         if "error" in hello:
             sock.close()
-            raise ModelServerError(worker_error("model_load", f"{self.describe()}: {hello['error']}"))
+            cause = re.sub(rf"^{ERROR_MARKER}\[\w+\]: ", "", str(hello["error"]))  # the server's own
+            raise ModelServerError(worker_error("model_load", f"{self.describe()}: {cause}"))
         sock.settimeout(self.settings.request_timeout_s)
         self.sock, self.hello = sock, hello
         return sock
