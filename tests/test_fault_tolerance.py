@@ -45,6 +45,18 @@ def _with_fault(fault: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "BATCHSCORE_FAULT": fault}
 
 
+def _submit_with_fault(config: Path, fault: str) -> subprocess.CompletedProcess[str]:
+    """``batchscore submit score`` of ``config`` for :data:`DS` with ``fault`` injected."""
+    return subprocess.run(
+        [BATCHSCORE, "submit", "score", "--config", str(config), "--ds", DS],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_with_fault(fault),
+        check=False,
+    )
+
+
 def _keys(spark, path: str, ds: str) -> list[int]:
     rows = spark.read.format("delta").load(path).where(f"ds = '{ds}'").select("transaction_id").collect()
     return sorted(r[0] for r in rows)
@@ -56,14 +68,7 @@ def test_a_task_failing_its_first_attempt_is_retried_without_duplicates_or_gaps(
 ) -> None:
     output = str(tmp_path / "scores")
     config = _job_yaml(tmp_path, input_path, output, batch_size=50)
-    proc = subprocess.run(
-        [BATCHSCORE, "submit", "score", "--config", str(config), "--ds", DS],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_with_fault("fail_first_attempt"),
-        check=False,
-    )
+    proc = _submit_with_fault(config, "fail_first_attempt")
     assert proc.returncode == 0, proc.stderr[-4000:]
     logs = proc.stdout + proc.stderr
     assert "BATCHSCORE_ERROR[injected_fault]" in logs, "the first attempt of partition 0 must have failed"
@@ -81,14 +86,7 @@ def test_a_worker_killed_on_every_attempt_fails_the_job_in_one_line_and_writes_n
     settings = yaml.safe_load(config.read_text())
     settings["spark"]["conf"]["spark.master"] = "local[2,2]"  # two attempts, both killed
     config.write_text(yaml.safe_dump(settings))
-    proc = subprocess.run(
-        [BATCHSCORE, "submit", "score", "--config", str(config), "--ds", DS],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_with_fault("kill_worker"),
-        check=False,
-    )
+    proc = _submit_with_fault(config, "kill_worker")
     logs = proc.stdout + proc.stderr
     errors = [line for line in logs.splitlines() if "ERROR batchscore" in line]
     assert proc.returncode == 2, logs[-4000:]

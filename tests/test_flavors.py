@@ -94,16 +94,21 @@ def pt2_version(registry: Registry) -> tuple[str, object]:
     return version, model
 
 
+def _embedder_config(input_path: str, tmp_path: Path, version: str, **model: object):
+    """The pt2 embedder's job: its tensor signature takes the features by position, so they are named."""
+    cfg = job_config(
+        input_path, str(tmp_path / "out"), uri=f"models:/embedder/{version}", prediction_column="emb", **model
+    )
+    return cfg.model_copy(update={"input": cfg.input.model_copy(update={"feature_columns": list(FEATURES)})})
+
+
 def test_torch_export_model_with_vector_output(
     spark, registry: Registry, input_path: str, tmp_path: Path, pt2_version: tuple[str, object]
 ) -> None:
     import torch
 
     version, model = pt2_version
-    cfg = job_config(
-        input_path, str(tmp_path / "out"), uri=f"models:/embedder/{version}", prediction_column="emb"
-    )
-    cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"feature_columns": list(FEATURES)})})
+    cfg = _embedder_config(input_path, tmp_path, version)
     result, source = score_partition(spark, cfg, registry.tracking_uri, input_path, DATES[1])
     with torch.no_grad():
         expected = model(torch.tensor(source[list(FEATURES)].to_numpy(), dtype=torch.float32)).numpy()
@@ -117,12 +122,9 @@ def test_torch_export_model_through_the_executor_model_server(
 ) -> None:
     """A vector output and a tensor signature travel through the server's wire format unchanged."""
     version, _ = pt2_version
-    cfg = job_config(
-        input_path, str(tmp_path / "out"), uri=f"models:/embedder/{version}", prediction_column="emb"
-    )
-    cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"feature_columns": list(FEATURES)})})
+    cfg = _embedder_config(input_path, tmp_path, version)
     worker, _ = score_partition(spark, cfg, registry.tracking_uri, input_path, DATES[1])
-    shared_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"sharing": "executor"})})
+    shared_cfg = _embedder_config(input_path, tmp_path, version, sharing="executor")
     shared, _ = score_partition(spark, shared_cfg, registry.tracking_uri, input_path, DATES[1])
     worker, shared = worker.sort_values("transaction_id"), shared.sort_values("transaction_id")
     assert shared["emb"].iloc[0].dtype == np.float32 and len(shared["emb"].iloc[0]) == 3
