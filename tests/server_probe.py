@@ -41,12 +41,22 @@ def anon_mib(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
-def servers() -> list[psutil.Process]:
+def all_servers() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         if "batchscore.udfs.model_server" in (proc.info["cmdline"] or []):
             found.append(proc)
     return found
+
+
+# Servers of other sessions on this machine (the test suite's own local session keeps its servers until
+# their idle timeout): never counted, never killed here.
+OTHERS = {(p.pid, p.create_time()) for p in all_servers()}
+
+
+def servers() -> list[psutil.Process]:
+    """The model servers this probe's cluster started."""
+    return [p for p in all_servers() if (p.pid, p.create_time()) not in OTHERS]
 
 
 def executor_memory(stats: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -42,6 +42,54 @@ def test_local_session_scores_through_one_server_equal_to_worker_mode(spark, reg
     assert stats["requests"] >= ROWS_PER_DAY // 16
 
 
+def _servers() -> list:
+    import psutil
+
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "batchscore.udfs.model_server" in (p.info["cmdline"] or [])
+    ]
+
+
+def _kill_all_servers() -> None:
+    """Servers that earlier tests of this session left for their idle timeout: not a test's to fault."""
+    import psutil
+
+    for proc in _servers():
+        proc.kill()
+    psutil.wait_procs(_servers(), timeout=10)
+
+
+def test_a_server_killed_while_it_loads_is_started_again(
+    spark, registry: Registry, input_path: str, tmp_path: Path
+) -> None:
+    import threading
+
+    from batchscore.jobs.score import run
+
+    _kill_all_servers()
+    killed: list[int] = []
+
+    def kill_the_first() -> None:
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            for proc in _servers():
+                proc.kill()  # within milliseconds of its start: before it listens
+                killed.append(proc.pid)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=kill_the_first)
+    thread.start()
+    cfg = job_config(input_path, str(tmp_path / "out"), sharing="executor")
+    result = run(spark, cfg, DATES[0])
+    thread.join()
+    assert killed, "a server was killed"
+    assert result.rows_scored == ROWS_PER_DAY and result.runtime["model_servers"] == 1
+    out = spark.read.format("delta").load(str(tmp_path / "out"))
+    assert out.count() == out.select("transaction_id").distinct().count() == ROWS_PER_DAY
+
+
 def test_a_hung_server_fails_the_job_in_one_line_and_the_next_run_starts_a_fresh_one(
     spark, registry: Registry, input_path: str, tmp_path: Path
 ) -> None:
@@ -50,14 +98,11 @@ def test_a_hung_server_fails_the_job_in_one_line_and_the_next_run_starts_a_fresh
     from batchscore.jobs.errors import ExecutorError
     from batchscore.jobs.score import run
 
+    _kill_all_servers()
     cfg = job_config(input_path, str(tmp_path / "out"), sharing="executor", server={"request_timeout_s": 3})
     run(spark, cfg, DATES[0])
-    found = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if "batchscore.udfs.model_server" in (p.info["cmdline"] or [])
-    ]
-    assert found, "the first run left its server running"
+    found = _servers()
+    assert len(found) == 1, "the first run left its one server running"
     for proc in found:
         proc.suspend()  # SIGSTOP: it accepts connections (the kernel does) but answers nothing
     started = time.monotonic()

@@ -160,15 +160,25 @@ class ServerClient:
                 return sock
             process = self._start()
             log.info("started %s (pid %d)", self.describe(), process.pid)
+            restarted = False
             while time.monotonic() < deadline:
                 sock = self._connect()
                 if sock is not None:
                     return sock
                 if process.poll() is not None:
+                    if process.returncode < 0 and not restarted:
+                        # Killed by a signal while loading (an operator, a memory killer): once more.
+                        log.warning(
+                            "%s was killed by signal %d as it started; starting it again",
+                            self.describe(), -process.returncode,
+                        )  # fmt: skip
+                        process, restarted = self._start(), True
+                        continue
                     raise ModelServerError(
                         worker_error(
                             "model_server",
                             f"{self.describe()} exited with code {process.returncode} as it started"
+                            + (", twice" if restarted else "")
                             + self._log_tail(),
                         )
                     )
