@@ -1,17 +1,19 @@
 """Benchmark: ``model.sharing: worker`` vs ``executor`` where batching across tasks matters.
 
-Many concurrent tasks with small model calls into a model whose throughput grows with its batch: a small
-transformer encoder (64 features as 8 tokens of 8, two encoder layers of width 64) over a Delta input of
-many small files, ``model.batch_size`` 64, on ``local[8]`` (eight task slots on this machine's cores, as
-an executor whose tasks wait on I/O or a GPU has more slots than cores). In ``worker`` mode each of the
-eight Python workers holds its own copy and computes its own 64-row calls, one torch thread each; in
+Many concurrent tasks with small model calls into a model whose throughput grows with its batch, over a
+Delta input of many small files, ``model.batch_size`` 64, on ``local[8]`` (eight task slots on this
+machine's cores, as an executor whose tasks wait on I/O or a GPU has more slots than cores). Models:
+``encoder``, a small transformer encoder (64 features as 8 tokens of 8, two encoder layers of width 64);
+``wide_mlp``, MLP 64-2048-2048-1, whose small calls are bound by reading its weights. In ``worker`` mode
+each of the eight Python workers holds its own copy and computes its own calls, one torch thread each; in
 ``executor`` mode one server computes the calls of all eight tasks together, in model batches of up to
 ``--max-batch-size`` rows. Both modes run the same job into a noop sink in interleaved rounds; each
 round's ratio (executor over worker) is kept and their median reported. Prints rows/s, batch latency p99
 (per Arrow batch, in the tasks), the server's request queue wait and compute p99 and mean rows per model
-batch; writes bench/results/model_sharing.json.
+batch; writes bench/results/model_sharing_MODEL.json.
 
-    python bench/model_sharing.py [--rows 200000] [--files 64] [--rounds 5] [--max-batch-size 1024]
+    python bench/model_sharing.py [--model encoder|wide_mlp] [--rows 200000] [--files 64] [--rounds 5]
+                                  [--batch-size 64] [--max-batch-size 1024] [--delay-ms 2]
 """
 
 from __future__ import annotations
@@ -52,7 +54,16 @@ def build_encoder() -> Any:
     ).eval()
 
 
-def ensure_encoder(tracking_uri: str) -> str:
+def build_wide_mlp() -> Any:
+    """MLP 64-2048-2048-1 (4.3 M parameters, 17 MB): a call of a few rows reads every weight from memory
+    for little arithmetic, so its throughput grows with the batch on a CPU too."""
+    return tabular.mlp((TOKENS * WIDTH, 2048, 2048, 1), seed=4)
+
+
+MODELS = {"encoder": (MODEL, build_encoder), "wide_mlp": ("bench_wide_mlp", build_wide_mlp)}
+
+
+def ensure_model(tracking_uri: str, model: str) -> str:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
@@ -60,7 +71,8 @@ def ensure_encoder(tracking_uri: str) -> str:
     signature = ModelSignature(
         Schema([ColSpec("double", f) for f in names]), Schema([ColSpec("double", "score")])
     )
-    return tabular.register_once(tracking_uri, MODEL, build_encoder, signature)
+    name, build = MODELS[model]
+    return tabular.register_once(tracking_uri, name, build, signature)
 
 
 def job_config(
@@ -91,6 +103,7 @@ def job_config(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="encoder")
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--files", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
@@ -98,8 +111,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="rows per model call in a task")
     parser.add_argument("--max-batch-size", type=int, default=1024, help="the server's model batch")
     parser.add_argument("--delay-ms", type=float, default=2.0, help="the server's max_queue_delay_ms")
-    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "model_sharing.json"))
+    parser.add_argument("--json", default=None, help="default: bench/results/model_sharing_MODEL.json")
     args = parser.parse_args()
+    args.json = args.json or str(ROOT / "bench" / "results" / f"model_sharing_{args.model}.json")
 
     os.environ.setdefault("BATCHSCORE_HOME", str(ROOT / ".batchscore"))
     from batchscore.jobs.home import batchscore_home, default_tracking_uri
@@ -114,7 +128,7 @@ def main() -> int:
     )
     input_path = str(home / "bench" / f"sharing_input_{args.rows}_{args.files}")
     tabular.ensure_input(spark, input_path, args.rows, args.files, TOKENS * WIDTH)
-    model_uri = ensure_encoder(tracking)
+    model_uri = ensure_model(tracking, args.model)
     runners = {
         mode: tabular.ours_job(
             spark,
@@ -150,8 +164,9 @@ def main() -> int:
 
     median_ratio = statistics.median(r["ratio"] for r in rounds)
     print(
-        f"\n| model.sharing ({args.slots} tasks, {args.batch_size}-row calls) | rows/s (median) "
-        "| batch latency p99 ms | request queue p99 ms | request compute p99 ms | rows per model batch |"
+        f"\n| {args.model}: model.sharing ({args.slots} tasks, {args.batch_size}-row calls) "
+        "| rows/s (median) | batch latency p99 ms | request queue p99 ms | request compute p99 ms "
+        "| rows per model batch |"
     )
     print("|---|---|---|---|---|---|")
     for mode in ("worker", "executor"):
