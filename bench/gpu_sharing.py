@@ -99,7 +99,7 @@ def plan_for(args: Any, sharing: str) -> Any:
 
 
 def task_batches(task: int, rows: int, call_rows: int) -> list[pa.RecordBatch]:
-    """A task's input as Spark sends a 2-D ``array<array<float>>``... flattened: one list per row."""
+    """A task's input as Spark sends an ``array<float>`` column: one list of TOKENS x WIDTH per row."""
     per_row = TOKENS * WIDTH
     values = np.random.default_rng(task).standard_normal(rows * per_row, dtype=np.float32)
     batches = []

@@ -115,3 +115,14 @@ def register_test_model(tracking_uri: str, model: Any, name: str) -> str:
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.set_experiment("tests")
     return f"models:/{name}/{log_and_register(model, name, experiment.experiment_id, name)}"
+
+
+def model_servers() -> list[Any]:
+    """Every ``model.sharing: executor`` server process on this machine (psutil processes)."""
+    import psutil
+
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "batchscore.udfs.model_server" in (p.info["cmdline"] or [])
+    ]

@@ -27,7 +27,7 @@ from batchscore.jobs.registry import resolve_model
 from batchscore.jobs.scoring import RuntimeStats, transform
 from batchscore.jobs.session import get_or_create_session
 from batchscore.jobs.tracking import tracking_target
-from tests.helpers import job_config
+from tests.helpers import job_config, model_servers
 
 PARTITIONS = 16  # 8 per executor, 2 at a time on each
 
@@ -41,22 +41,14 @@ def anon_mib(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
-def all_servers() -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if "batchscore.udfs.model_server" in (proc.info["cmdline"] or []):
-            found.append(proc)
-    return found
-
-
 # Servers of other sessions on this machine (the test suite's own local session keeps its servers until
 # their idle timeout): never counted, never killed here.
-OTHERS = {(p.pid, p.create_time()) for p in all_servers()}
+OTHERS = {(p.pid, p.create_time()) for p in model_servers()}
 
 
 def servers() -> list[psutil.Process]:
     """The model servers this probe's cluster started."""
-    return [p for p in all_servers() if (p.pid, p.create_time()) not in OTHERS]
+    return [p for p in model_servers() if (p.pid, p.create_time()) not in OTHERS]
 
 
 def executor_memory(stats: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -17,7 +17,7 @@ from batchscore.jobs.planning import Lineage, PlanRequest, build_plan
 from batchscore.jobs.registry import resolve_model
 from batchscore.jobs.scoring import RuntimeStats, transform
 from tests.conftest import DATES, ROWS_PER_DAY, Registry
-from tests.helpers import assert_close, job_config
+from tests.helpers import assert_close, job_config, model_servers
 
 
 def _scored(spark, registry: Registry, input_path: str, partitions: int, **model) -> tuple[dict, dict]:
@@ -42,23 +42,13 @@ def test_local_session_scores_through_one_server_equal_to_worker_mode(spark, reg
     assert stats["requests"] >= ROWS_PER_DAY // 16
 
 
-def _servers() -> list:
-    import psutil
-
-    return [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if "batchscore.udfs.model_server" in (p.info["cmdline"] or [])
-    ]
-
-
 def _kill_all_servers() -> None:
     """Servers that earlier tests of this session left for their idle timeout: not a test's to fault."""
     import psutil
 
-    for proc in _servers():
+    for proc in model_servers():
         proc.kill()
-    psutil.wait_procs(_servers(), timeout=10)
+    psutil.wait_procs(model_servers(), timeout=10)
 
 
 def test_a_server_killed_while_it_loads_is_started_again(
@@ -74,7 +64,7 @@ def test_a_server_killed_while_it_loads_is_started_again(
     def kill_the_first() -> None:
         deadline = time.monotonic() + 120
         while not killed and time.monotonic() < deadline:
-            for proc in _servers():
+            for proc in model_servers():
                 proc.kill()  # within milliseconds of its start: before it listens
                 killed.append(proc.pid)
             time.sleep(0.005)
@@ -101,7 +91,7 @@ def test_a_hung_server_fails_the_job_in_one_line_and_the_next_run_starts_a_fresh
     _kill_all_servers()
     cfg = job_config(input_path, str(tmp_path / "out"), sharing="executor", server={"request_timeout_s": 3})
     run(spark, cfg, DATES[0])
-    found = _servers()
+    found = model_servers()
     assert len(found) == 1, "the first run left its one server running"
     for proc in found:
         proc.suspend()  # SIGSTOP: it accepts connections (the kernel does) but answers nothing
