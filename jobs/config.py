@@ -45,6 +45,12 @@ class ServerSection(StrictModel):
         300.0, gt=0, description="for one request's answer; a server that takes longer is killed as hung"
     )
     threads: int = Field(0, ge=0, description="torch threads of a CPU server (0: the executor's cores)")
+    shared_memory_min_bytes: int | None = Field(
+        0,
+        ge=0,
+        description="requests and responses of at least this many bytes go through shared memory (a memfd "
+        "each side maps) instead of the socket (0: all); null: never. Linux only: elsewhere the socket",
+    )
 
 
 class ModelSection(StrictModel):

@@ -140,6 +140,7 @@ def sharing(resolved: ResolvedModel, model: ModelSection) -> Sharing | None:
         start_timeout_s=server.start_timeout_s,
         request_timeout_s=server.request_timeout_s,
         threads=server.threads,
+        shared_memory_min_bytes=server.shared_memory_min_bytes,
     )
 
 

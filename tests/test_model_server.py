@@ -40,6 +40,12 @@ def test_local_session_scores_through_one_server_equal_to_worker_mode(spark, reg
     assert [s["loads"] for s in stats["servers"].values()] == [1]
     assert sum(stats["loads_by_worker"].values()) == 0, "workers load nothing in executor mode"
     assert stats["requests"] >= ROWS_PER_DAY // 16
+    # The same rows with every frame over the socket (shared memory off): the same scores, bit for bit.
+    socket_only, _ = _scored(
+        spark, registry, input_path, 8, batch_size=16, sharing="executor",
+        server={"shared_memory_min_bytes": None},
+    )  # fmt: skip
+    assert socket_only == ours
 
 
 def _kill_all_servers() -> None:

@@ -37,7 +37,9 @@ import pyarrow as pa
 from batchscore.udfs.arrow_tensor import ModelOutput, features_to_numpy
 from batchscore.udfs.model_server import ServerSpec, process_start
 from batchscore.udfs.model_wire import (
+    PROTOCOL,
     ServerGoneError,
+    SharedMemory,
     decode_hello,
     decode_response,
     encode_request,
@@ -96,6 +98,7 @@ class ServerClient:
             plan.autocast,
             plan.cpu_kernels,
             plan.sharing,
+            PROTOCOL,  # a server of another wire protocol (an older release still running) is not ours
         )
         self.key = hashlib.sha256(repr(identity).encode()).hexdigest()[:20]
         base = local_dir() / f"batchscore-model-{self.key}"
@@ -108,6 +111,10 @@ class ServerClient:
             else str(Path(tempfile.gettempdir()) / f"bsm-{self.key}.sock")
         )
         self.sock: socket.socket | None = None
+        self.min_bytes = self.settings.shared_memory_min_bytes if SharedMemory.available() else None
+        # This connection's shared memory: ours for requests, the server's (mapped) for responses.
+        self.outbound: SharedMemory | None = None
+        self.inbound: SharedMemory | None = None
         self.hello: dict[str, Any] = {}
         self.next_id = 0
         self.lock = threading.Lock()
@@ -213,13 +220,14 @@ class ServerClient:
             raise ModelServerError(worker_error("model_load", f"{self.describe()}: {cause}"))
         sock.settimeout(self.settings.request_timeout_s)
         self.sock, self.hello = sock, hello
+        self.outbound, self.inbound = SharedMemory(), SharedMemory()
         return sock
 
     def close(self) -> None:
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.close()
-        self.sock = None
+        self.sock, self.outbound, self.inbound = None, None, None
 
     def _kill_hung_server(self) -> None:
         server = str(self.hello.get("server", ""))
@@ -233,8 +241,11 @@ class ServerClient:
                 sock = self.ensure()
                 self.next_id += 1
                 try:
-                    send_frame(sock, encode_request(self.next_id, features))
-                    frame = recv_frame(sock)
+                    payload, fd = encode_request(
+                        self.next_id, features, shared=self.outbound, min_bytes=self.min_bytes
+                    )
+                    send_frame(sock, payload, fd)
+                    frame = recv_frame(sock, self.inbound)
                 except TimeoutError:
                     self._kill_hung_server()
                     self.close()
@@ -257,7 +268,7 @@ class ServerClient:
                             f"{self.describe()} closed the connection twice ({exc}){self._log_tail()}",
                         )
                     ) from None
-                _, output, info, error = decode_response(frame)
+                _, output, info, error = decode_response(frame, self.inbound)
                 if output is None:
                     kind, _, message = error.partition(": ")
                     if kind == "oom":

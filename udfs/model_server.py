@@ -32,6 +32,7 @@ import numpy as np
 
 from batchscore.udfs import model_cache
 from batchscore.udfs.model_wire import (
+    SharedMemory,
     decode_request,
     encode_hello,
     encode_response,
@@ -78,16 +79,30 @@ class Pending:
 
 
 class Connection:
-    """One client (a Python worker); its responses are written under a lock."""
+    """One client (a Python worker): the shared memory regions of its requests (``inbound``, mapped from
+    the client's memfd) and of its responses (``outbound``, ours); responses are written under a lock."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, shared_min_bytes: int | None) -> None:
         self.sock = sock
         self.lock = threading.Lock()
+        self.min_bytes = shared_min_bytes if SharedMemory.available() else None
+        self.inbound = SharedMemory() if self.min_bytes is not None else None
+        self.outbound = SharedMemory()
 
     def send(self, payload: Any) -> None:
         # A worker that went away has its task retried elsewhere.
         with self.lock, contextlib.suppress(OSError):
             send_frame(self.sock, payload)
+
+    def respond(self, request_id: int, output: Any, info: dict[str, Any], error: str | None = None) -> None:
+        with self.lock, contextlib.suppress(OSError):
+            frame, fd = encode_response(
+                request_id, output, info, error, shared=self.outbound, min_bytes=self.min_bytes
+            )
+            send_frame(self.sock, frame, fd)
+
+    def receive(self) -> tuple[int, np.ndarray[Any, Any]]:
+        return decode_request(recv_frame(self.sock, self.inbound), self.inbound)
 
 
 class ModelServer:
@@ -123,14 +138,14 @@ class ModelServer:
                 sock, _ = self.listener.accept()
             except OSError:
                 return
-            conn = Connection(sock)
+            conn = Connection(sock, self.settings.shared_memory_min_bytes)
             conn.send(encode_hello(self.hello()))
             threading.Thread(target=self.read_requests, args=(conn,), daemon=True).start()
 
     def read_requests(self, conn: Connection) -> None:
         try:
             while True:
-                request_id, features = decode_request(recv_frame(conn.sock))
+                request_id, features = conn.receive()
                 self.last_request = time.monotonic()
                 self.requests.put(Pending(conn, request_id, features, time.perf_counter()))
         except (OSError, ValueError, KeyError):  # closed, or not our protocol
@@ -205,13 +220,13 @@ class ModelServer:
                 "batches": self.batches,
                 "oom_backoffs": self.loop.stats["oom_backoffs"],
             }
-            pending.conn.send(encode_response(pending.request_id, part, info))
+            pending.conn.respond(pending.request_id, part, info)
 
     def fail(self, group: list[Pending], exc: Exception) -> None:
         kind = "oom" if isinstance(exc, ModelOutOfMemoryError) else "model"
         message = f"{kind}: {type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]
         for pending in group:
-            pending.conn.send(encode_response(pending.request_id, None, {"server": self.server_id}, message))
+            pending.conn.respond(pending.request_id, None, {"server": self.server_id}, message)
 
     # Lifetime --------------------------------------------------------------------------------------------
 

@@ -89,6 +89,9 @@ class Sharing:
     start_timeout_s: float = 600.0  # for a server to load its model and answer
     request_timeout_s: float = 300.0  # for one request's answer; then the server is killed as hung
     threads: int = 0  # torch threads of a CPU server (0: every core the executor's process may use)
+    # Requests and responses of at least this many bytes travel through shared memory (None: never); it is
+    # faster than the socket from the smallest requests up (bench/model_transport.py).
+    shared_memory_min_bytes: int | None = 0
 
 
 @dataclass(frozen=True)
