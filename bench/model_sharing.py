@@ -8,9 +8,10 @@ machine's cores, as an executor whose tasks wait on I/O or a GPU has more slots 
 each of the eight Python workers holds its own copy and computes its own calls, one torch thread each; in
 ``executor`` mode one server computes the calls of all eight tasks together, in model batches of up to
 ``--max-batch-size`` rows. Both modes run the same job into a noop sink in interleaved rounds; each
-round's ratio (executor over worker) is kept and their median reported. Prints rows/s, batch latency p99
-(per Arrow batch, in the tasks), the server's request queue wait and compute p99 and mean rows per model
-batch; writes bench/results/model_sharing_MODEL.json.
+round's ratio (executor over worker) is kept and their median reported. Prints rows/s, model call p99 (in
+the tasks: the model's own call in worker mode, the request's round trip to the server in executor mode),
+batch latency p99 (per Arrow batch, in the tasks), the server's request queue wait and compute p99 and
+mean rows per model batch; writes bench/results/model_sharing_MODEL.json.
 
     python bench/model_sharing.py [--model encoder|wide_mlp] [--rows 200000] [--files 64] [--rounds 5]
                                   [--batch-size 64] [--max-batch-size 1024] [--delay-ms 2]
@@ -76,7 +77,14 @@ def ensure_model(tracking_uri: str, model: str) -> str:
 
 
 def job_config(
-    model_uri: str, input_path: str, sharing: str, batch_size: int, max_batch: int, *, delay_ms: float
+    model_uri: str,
+    input_path: str,
+    sharing: str,
+    batch_size: int,
+    max_batch: int,
+    *,
+    delay_ms: float,
+    threads: int = 0,
 ) -> Any:
     from batchscore.jobs.config import ScoringJobConfig
     from batchscore.jobs.home import batchscore_home
@@ -89,7 +97,7 @@ def job_config(
                 "batch_size": batch_size,
                 "prediction_column": "score",
                 "sharing": sharing,
-                "server": {"max_batch_size": max_batch, "max_queue_delay_ms": delay_ms},
+                "server": {"max_batch_size": max_batch, "max_queue_delay_ms": delay_ms, "threads": threads},
             },
             "input": {"path": input_path},
             "output": {
@@ -111,6 +119,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="rows per model call in a task")
     parser.add_argument("--max-batch-size", type=int, default=1024, help="the server's model batch")
     parser.add_argument("--delay-ms", type=float, default=2.0, help="the server's max_queue_delay_ms")
+    parser.add_argument("--server-threads", type=int, default=0, help="model.server.threads (0: all cores)")
     parser.add_argument("--json", default=None, help="default: bench/results/model_sharing_MODEL.json")
     args = parser.parse_args()
     args.json = args.json or str(ROOT / "bench" / "results" / f"model_sharing_{args.model}.json")
@@ -133,7 +142,13 @@ def main() -> int:
         mode: tabular.ours_job(
             spark,
             job_config(
-                model_uri, input_path, mode, args.batch_size, args.max_batch_size, delay_ms=args.delay_ms
+                model_uri,
+                input_path,
+                mode,
+                args.batch_size,
+                args.max_batch_size,
+                delay_ms=args.delay_ms,
+                threads=args.server_threads,
             ),
             model_uri,
             tracking,
@@ -160,23 +175,23 @@ def main() -> int:
     spark.stop()
 
     def median(mode: str, key: str) -> float:
-        return statistics.median(r[mode]["metrics"].get(key, 0.0) for r in rounds)
+        return float(statistics.median(r[mode]["metrics"].get(key, 0.0) for r in rounds))
 
     median_ratio = statistics.median(r["ratio"] for r in rounds)
     print(
         f"\n| {args.model}: model.sharing ({args.slots} tasks, {args.batch_size}-row calls) "
-        "| rows/s (median) | batch latency p99 ms | request queue p99 ms | request compute p99 ms "
-        "| rows per model batch |"
+        "| rows/s (median) | model call p99 ms | batch latency p99 ms | request queue p99 ms "
+        "| request compute p99 ms | rows per model batch |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for mode in ("worker", "executor"):
         rate = statistics.median(args.rows / r[mode]["seconds"] for r in rounds)
         per_batch = median(mode, "server_rows_per_model_batch") if mode == "executor" else args.batch_size
         queue = f"{median(mode, 'request_queue_p99_ms'):.1f}" if mode == "executor" else "-"
         compute = f"{median(mode, 'request_compute_p99_ms'):.1f}" if mode == "executor" else "-"
         print(
-            f"| {mode} | {rate:,.0f} | {median(mode, 'batch_latency_p99_ms'):.1f} | {queue} | {compute} "
-            f"| {per_batch:,.0f} |"
+            f"| {mode} | {rate:,.0f} | {median(mode, 'model_call_p99_ms'):.1f} "
+            f"| {median(mode, 'batch_latency_p99_ms'):.1f} | {queue} | {compute} | {per_batch:,.0f} |"
         )
     print(f"\nexecutor / worker, median of {args.rounds} paired rounds: {median_ratio:.2f}x")
     report = {

@@ -37,20 +37,16 @@ class ServerSection(StrictModel):
     max_queue_delay_ms: float = Field(
         2.0, ge=0, description="how long a request waits for others to fill its model batch"
     )
-    idle_timeout_s: float = Field(
-        600.0, gt=0, description="the server exits after this long without requests"
-    )
+    idle_timeout_s: float = Field(600.0, gt=0, description="the server exits after this long idle")
     start_timeout_s: float = Field(600.0, gt=0, description="for a new server to load its model and answer")
     request_timeout_s: float = Field(
         300.0, gt=0, description="for one request's answer; a server that takes longer is killed as hung"
     )
     threads: int = Field(0, ge=0, description="torch threads of a CPU server (0: the executor's cores)")
     shared_memory_min_bytes: int | None = Field(
-        0,
-        ge=0,
-        description="requests and responses of at least this many bytes go through shared memory (a memfd "
-        "each side maps) instead of the socket (0: all); null: never. Linux only: elsewhere the socket",
-    )
+        0, ge=0, description="frames of at least this many bytes go through shared memory (a memfd) instead "
+        "of the socket (0: all; null: none; Linux only)",
+    )  # fmt: skip
 
 
 class ModelSection(StrictModel):

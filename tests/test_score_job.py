@@ -181,6 +181,7 @@ def test_run_logs_params_and_metrics_to_mlflow(
     assert metrics["scoring_tasks"] >= 1
     assert metrics["model_batches"] >= 1
     assert 0 < metrics["batch_latency_p50_ms"] <= metrics["batch_latency_p99_ms"]
+    assert 0 < metrics["model_call_p50_ms"] <= metrics["model_call_p99_ms"]
     for stage in ("decode", "compute", "encode"):
         assert metrics[f"{stage}_total_s"] > 0
         assert metrics[f"{stage}_mean_ms"] > 0

@@ -31,7 +31,7 @@ import pyarrow as pa
 from batchscore.udfs.arrow_tensor import ModelOutput, arrow_type, predictions_to_arrow
 from batchscore.udfs.predictors import Predictor
 from batchscore.udfs.spec import ScoringPlan
-from batchscore.udfs.stats import empty_stats, record_batch
+from batchscore.udfs.stats import bucket_of, empty_stats, record_batch
 from batchscore.udfs.validation import (
     INVALID_COLUMN,
     INVALID_FIELDS,
@@ -214,7 +214,9 @@ class ScoringLoop:
         while start < rows:
             stop = min(start + self.chunk, rows)
             try:
+                called = time.perf_counter()
                 parts.append(self.predictor.compute(inputs, start, stop))
+                self.stats["call_hist"][bucket_of((time.perf_counter() - called) * 1000.0)] += 1
                 self.stats["batches"] += 1
             except Exception as exc:
                 if not is_out_of_memory(exc):

@@ -20,9 +20,10 @@ from typing import Any
 _LOW_EXP, _HIGH_EXP, _STEPS = -120, 240, 40
 N_BUCKETS = _HIGH_EXP - _LOW_EXP + 1
 STAGES = ("decode", "compute", "encode")
-# Latency histograms: per Arrow batch in a task; per request to an executor's model server, split into the
-# time it queued for its model batch and that batch's compute.
-HISTOGRAMS = ("latency_hist", "queue_hist", "server_compute_hist")
+# Latency histograms: per Arrow batch in a task; per model call in a task (in executor mode, a request's
+# round trip); per request to an executor's model server, split into the time it queued for its model
+# batch and that batch's compute.
+HISTOGRAMS = ("latency_hist", "call_hist", "queue_hist", "server_compute_hist")
 
 
 def bucket_of(ms: float) -> int:
@@ -52,6 +53,7 @@ def empty_stats() -> dict[str, Any]:
         "task_s": 0.0,  # wall time of the tasks that scored, first batch to last (per-row cost in workers)
         "stage_s": dict.fromkeys(STAGES, 0.0),
         "latency_hist": [0] * N_BUCKETS,
+        "call_hist": [0] * N_BUCKETS,
         "queue_hist": [0] * N_BUCKETS,
         "server_compute_hist": [0] * N_BUCKETS,
         "requests": 0,  # to executor model servers
@@ -142,6 +144,8 @@ def summary_metrics(stats: dict[str, Any]) -> dict[str, float]:
         "invalid_rows": float(stats["invalid_rows"]),
         "batch_latency_p50_ms": latency_percentile_ms(stats, 0.50),
         "batch_latency_p99_ms": latency_percentile_ms(stats, 0.99),
+        "model_call_p50_ms": latency_percentile_ms(stats, 0.50, "call_hist"),
+        "model_call_p99_ms": latency_percentile_ms(stats, 0.99, "call_hist"),
         "task_total_s": stats["task_s"],
         "task_us_per_row": stats["task_s"] * 1e6 / max(stats["rows"], 1),
     }
