@@ -378,6 +378,7 @@ def predict_batch_scores(
 
 RAW_TORCH = "raw torch (compute ceiling)"
 JVM_SCAN = "JVM scan (I/O ceiling)"
+JVM_DELTA = "JVM-only Delta write (Delta-out ceiling)"
 OURS = "ours (noop sink)"
 OURS_DELTA = "ours (Delta out)"
 SPARK_FLOOR = "Spark job floor (empty mapInArrow)"
@@ -544,6 +545,7 @@ ANCHORS = tuple(anchor(name) for name in ANCHOR_LABELS)
 CEILINGS = (RAW_TORCH, JVM_SCAN)
 ANCHOR_FACTOR = 5.0
 CEILING_FACTOR = 0.8
+DELTA_CEILING_FACTOR = 0.8  # issue 34: our Delta-out job against a JVM-only write of the same columns
 COST_TOLERANCE = 0.2
 RSS_GROWTH = 1.1  # 10x the rows may add row groups in flight, not rows: at most 10% more peak RSS
 
@@ -553,13 +555,15 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     paths = report.get("paths", {})
     rate = {name: p["rows_per_s"] for name, p in paths.items()}
     found: list[dict[str, Any]] = []
-    if OURS not in rate:
-        return found
 
     def add(target: str, measured: float, holds: bool, detail: str, **more: Any) -> None:
         found.append(
             {"target": target, "measured": round(measured, 4), "met": holds, "detail": detail, **more}
         )
+
+    delta_targets(paths, rate, add)
+    if OURS not in rate:
+        return found
 
     anchors = [a for a in ANCHORS if a in rate]
     if anchors:
@@ -595,11 +599,37 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def delta_targets(paths: dict[str, Any], rate: dict[str, float], add: Callable[..., None]) -> None:
+    """Issue 34's Delta-out targets, as medians of same-round pairs (ours over the reference, round by
+    round); the best rounds' ratio where a run has too few rounds for pairs."""
+    if OURS_DELTA not in rate:
+        return
+    pairs_of = paths[OURS_DELTA].get("paired_ratios", {})
+
+    def judged(target: str, reference: str, factor: float) -> None:
+        pairs = pairs_of.get(reference, [])
+        if pairs:
+            median = statistics.median(pairs)
+            spread = f"{min(pairs):.2f}-{max(pairs):.2f}"
+            detail = f"{reference}; median of {len(pairs)} paired rounds, {spread}"
+            add(target, median, median >= factor, detail, paired_median=round(median, 4), pairs=len(pairs))
+        else:
+            ratio = rate[OURS_DELTA] / rate[reference]
+            add(target, ratio, ratio >= factor, f"{reference}; best rounds (no pairs)")
+
+    if JVM_DELTA in rate:
+        judged(f">= {DELTA_CEILING_FACTOR:g}x the JVM-only Delta write", JVM_DELTA, DELTA_CEILING_FACTOR)
+    anchors = [anchor(n, "Delta out") for n in ANCHOR_LABELS if anchor(n, "Delta out") in rate]
+    if anchors:
+        fastest = max(anchors, key=rate.__getitem__)
+        judged(f">= {ANCHOR_FACTOR:g}x the faster anchor, Delta out", fastest, ANCHOR_FACTOR)
+
+
 def print_targets(found: list[dict[str, Any]], rows: int) -> None:
     if not found:
         return
     note = "" if rows == TARGET_ROWS else f"; set for {TARGET_ROWS:,} rows, this run {rows:,}"
-    print(f"\ntargets (issue 4, 2 cores, noop sink{note}):")
+    print(f"\ntargets (issues 4 and 34, 2 cores{note}):")
     print("| target | measured | met |\n|---|---|---|")
     for t in found:
         print(f"| {t['target']} ({t['detail']}) | {t['measured']:.2f}x | {'yes' if t['met'] else 'NO'} |")
@@ -615,6 +645,7 @@ TABULAR_PATHS = (
     "predict_batch_udf_delta",
     "torch",
     "jvm",
+    "jvm_delta",
 )
 
 
@@ -788,6 +819,14 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
         expression = " + ".join(cols)
         runners[JVM_SCAN] = lambda: noop(df.selectExpr("key", f"{expression} AS s"))
         warmups[JVM_SCAN] = runners[JVM_SCAN]
+    if "jvm_delta" in paths:
+        # The Delta-out path's ceiling: the same columns (key, a score computed from every feature, the
+        # lineage, ds) from the same input into the same kind of table, with no Python at all.
+        jvm_sink = delta_sink(str(home / "bench" / "out_jvm"), lineage)
+        logit = " + ".join(f"{c} * {0.01 * (i + 1):g}" for i, c in enumerate(cols))
+        score = f"1 / (1 + exp(-({logit})))"
+        runners[JVM_DELTA] = lambda: jvm_sink(df.selectExpr("key", f"{score} AS score"))
+        warmups[JVM_DELTA] = runners[JVM_DELTA]
     if "torch" in paths:
         runners[RAW_TORCH] = raw_torch(
             results, build_mlp(args.features), args.features, args.batch_size, 4_000_000
@@ -800,6 +839,7 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
         raise SystemExit(f"{OURS_DELTA} committed {written} rows, expected {args.rows}")
     results.table(OURS)
     paired_ratios(results, OURS, (JVM_SCAN, RAW_TORCH))
+    paired_ratios(results, OURS_DELTA, (JVM_DELTA, *(anchor(n, "Delta out") for n in ANCHOR_LABELS)))
     return results
 
 

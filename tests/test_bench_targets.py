@@ -105,3 +105,39 @@ def test_the_ceiling_target_also_asks_it_of_the_same_round_pairs(bench: Any) -> 
     flattering["scaling"][1]["paired_ratios"] = {"JVM scan @ 10,000,000 rows": [0.88, 0.87, 0.74, 0.85]}
     target = next(t for t in bench.targets(flattering) if t["target"].startswith(">= 0.8x"))
     assert (target["met"], target["paired_median"]) == (True, pytest.approx(0.86, abs=1e-4))
+
+
+def test_delta_out_targets_are_paired_medians(bench: Any) -> None:
+    def path(rate: float, **more: Any) -> dict[str, Any]:
+        return {"rows_per_s": rate, "seconds": 1e7 / rate, "peak_rss_mb": 0.0, **more}
+
+    pairs = {
+        "JVM-only Delta write (Delta-out ceiling)": [0.70, 0.85, 0.78],  # median 0.78: not met
+        "predict_batch_udf (Delta out)": [5.5, 4.0, 5.2],  # the faster anchor by its best round
+        "mlflow spark_udf (Delta out)": [9.0, 9.0, 9.0],
+    }
+    found = bench.targets(
+        {
+            "paths": {
+                # The best rounds flatter both: 0.9x the ceiling and 7x the faster anchor.
+                "ours (Delta out)": path(9e5, paired_ratios=pairs),
+                "JVM-only Delta write (Delta-out ceiling)": path(1e6),
+                "mlflow spark_udf (Delta out)": path(1e5),
+                "predict_batch_udf (Delta out)": path(1.3e5),
+            }
+        }
+    )
+    got = {t["target"]: t for t in found}
+    ceiling = got[">= 0.8x the JVM-only Delta write"]
+    assert (ceiling["met"], ceiling["measured"], ceiling["pairs"]) == (False, 0.78, 3)
+    assert "0.70-0.85" in ceiling["detail"]
+    anchor = got[">= 5x the faster anchor, Delta out"]
+    assert (anchor["met"], anchor["measured"]) == (True, 5.2)
+    assert anchor["detail"].startswith("predict_batch_udf (Delta out)")
+    assert "ours (noop sink)" not in str(found), "the noop targets need the noop path"
+    # Without pairs (one round), the best rounds decide.
+    del found
+    single = bench.targets(
+        {"paths": {"ours (Delta out)": path(9e5), "JVM-only Delta write (Delta-out ceiling)": path(1e6)}}
+    )
+    assert [(t["met"], t["measured"]) for t in single] == [(True, 0.9)]
