@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from batchscore.udfs.arrow_tensor import ModelOutput, features_to_numpy
 from batchscore.udfs.cpu_kernels import cpu_forward, sequential_forward
+from batchscore.udfs.model_files import load_local_torch, local_model
 from batchscore.udfs.spec import ModelRef, ScoringPlan
 from batchscore.udfs.validation import has_nulls
 
@@ -252,7 +253,11 @@ def _use_registry(ref: ModelRef) -> Any:
 
 
 def load_torch_module(ref: ModelRef, device: str) -> Any:
-    """The registered torch module of ``ref`` (exactly its pinned version), in eval mode on ``device``."""
+    """The registered torch module of ``ref`` (exactly its pinned version), in eval mode on ``device``:
+    from its files where this host can read them (no mlflow import), else through mlflow."""
+    weights = local_model(ref)
+    if weights is not None:
+        return load_local_torch(weights, device)
     import mlflow.pytorch
 
     _use_registry(ref)
