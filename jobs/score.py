@@ -159,7 +159,16 @@ def _log_summary(cfg: ScoringJobConfig, result: ScoreResult) -> None:
             cfg.quarantine_section().describe(),
         )
     rate = result.rows_per_s
-    log.info("scored %d rows in %.1f s (%.0f rows/s)", result.rows_scored, result.duration_s, rate)
+    window = result.runtime.get("scoring_window_s", 0.0)
+    if window > 0 and result.rows_scored:
+        log.info(
+            "scored %d rows in %.1f s (%.0f rows/s end to end): %.1f s scoring them (%.0f rows/s), %.1f s "
+            "of fixed cost (session, input snapshot, worker start, model load, checks, commit)",
+            result.rows_scored, result.duration_s, rate, window, result.rows_scored / window,
+            max(0.0, result.duration_s - window),
+        )  # fmt: skip
+    else:
+        log.info("scored %d rows in %.1f s (%.0f rows/s)", result.rows_scored, result.duration_s, rate)
     log_runtime(result.runtime)
 
 

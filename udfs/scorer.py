@@ -123,6 +123,7 @@ def make_arrow_scorer(ref: ModelRef, plan: ScoringPlan) -> ArrowScorer:
         stats["device_by_worker"][worker] = choice.device
         stats["gpu_addresses_by_worker"][worker] = list(addresses)
         started = time.perf_counter()  # scoring only: a first task's model load is not per-row cost
+        stats["first_at"] = time.time()
         held = None  # the last batch is held back until the stats are complete
         for out in ScoringLoop(predictor, plan, stats).run(itertools.chain([first], non_empty)):
             if out.num_rows == 0:
@@ -133,6 +134,7 @@ def make_arrow_scorer(ref: ModelRef, plan: ScoringPlan) -> ArrowScorer:
         # Only workers that scored rows count, so loads == workers when each loaded once.
         stats["loads_by_worker"][worker] = model_cache.load_count() - loads_before
         stats["task_s"] = time.perf_counter() - started
+        stats["last_at"] = time.time()
         if held is not None:
             yield with_task_stats(held, stats)
 

@@ -51,6 +51,10 @@ def empty_stats() -> dict[str, Any]:
         "oom_backoffs": 0,
         "invalid_rows": 0,
         "task_s": 0.0,  # wall time of the tasks that scored, first batch to last (per-row cost in workers)
+        # Epoch seconds of the job's first scored batch and its last (0: none): the scoring window, apart
+        # from the job's fixed costs (session, snapshot, worker start, model load, commit).
+        "first_at": 0.0,
+        "last_at": 0.0,
         "stage_s": dict.fromkeys(STAGES, 0.0),
         "latency_hist": [0] * N_BUCKETS,
         "call_hist": [0] * N_BUCKETS,
@@ -101,6 +105,9 @@ def merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
         into["stage_s"][stage] += other["stage_s"][stage]
     for name in HISTOGRAMS:
         into[name] = [a + b for a, b in zip(into[name], other.get(name) or [0] * N_BUCKETS, strict=True)]
+    firsts = [t for t in (into["first_at"], other.get("first_at", 0.0)) if t]
+    into["first_at"] = min(firsts) if firsts else 0.0
+    into["last_at"] = max(into["last_at"], other.get("last_at", 0.0))
     into["requests"] += other.get("requests", 0)
     into["server_batches"] += other.get("server_batches", 0.0)
     for server, facts in other.get("servers", {}).items():
@@ -148,6 +155,7 @@ def summary_metrics(stats: dict[str, Any]) -> dict[str, float]:
         "model_call_p99_ms": latency_percentile_ms(stats, 0.99, "call_hist"),
         "task_total_s": stats["task_s"],
         "task_us_per_row": stats["task_s"] * 1e6 / max(stats["rows"], 1),
+        "scoring_window_s": max(0.0, stats["last_at"] - stats["first_at"]) if stats["first_at"] else 0.0,
     }
     for stage in STAGES:
         metrics[f"{stage}_total_s"] = stats["stage_s"][stage]
