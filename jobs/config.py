@@ -58,8 +58,8 @@ class ModelSection(StrictModel):
     prefetch: int = Field(2, ge=0, description="Arrow batches decoded ahead of the model (0: none)")
     cpu_kernels: Literal["onednn", "torch"] = Field(
         "onednn",
-        description="plain float32 MLPs on CPU: onednn (fused, prepacked; float32 rounding of the module's "
-        "outputs) or torch (the module's own ops, bitwise its outputs)",
+        description="float32 models on CPU: onednn (linear layers through oneDNN's prepacked kernels, plain "
+        "MLPs fused; float32 rounding of the module's outputs, checked) or torch (the module's own ops)",
     )
     sharing: Literal["worker", "executor"] = Field(
         "worker",

@@ -494,7 +494,12 @@ def test_other_modules_run_as_they_are() -> None:
         linear(),  # not a Sequential
     ):
         assert sequential_forward(module) is None, module
-    assert TorchPredictor(hooked, "cpu", ("a",)).forward is hooked
+    # oneDNN's kernels replace its other linear layers; the hooked one runs as it is, hook and all.
+    forward = TorchPredictor(hooked, "cpu", ("a",)).forward
+    x = torch.randn(20, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(forward(x), hooked(x), **F32)
+    assert TorchPredictor(training, "cpu", ("a",)).forward is training, "dropout is live: as it is"
 
 
 def test_quarantined_rows_travel_in_one_struct_column_null_for_scored_rows() -> None:

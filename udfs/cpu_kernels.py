@@ -1,14 +1,28 @@
-"""CPU forward functions for plain torch MLPs: the module's own ops with less work, or oneDNN's fused
-linear kernels. Which one a worker runs is :func:`cpu_forward`'s choice (``model.cpu_kernels``).
+"""CPU forward functions: for plain torch MLPs, the module's own ops with less work or oneDNN's fused
+linear kernels; for any other float32 module, a copy whose ``nn.Linear`` layers run oneDNN's prepacked
+kernels, checked against the module's own outputs on the first batch. Which one a worker runs is
+:func:`cpu_forward`'s choice (``model.cpu_kernels``).
 
-``torch`` is imported inside functions, so :mod:`udfs` imports without it.
+oneDNN's linear kernels are reached through torch's private ``torch.ops.mkldnn`` ops, used only on the
+torch releases :data:`ONEDNN_TORCH` names (their signature is checked by the tests on the installed one);
+elsewhere the module's own ops run. ``torch`` is imported inside functions, so :mod:`udfs` imports without
+it.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+import logging
+import re
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Torch releases (from, to) whose private oneDNN ops ``mkldnn._reorder_linear_weight(weight, batch)`` and
+# ``mkldnn._linear_pointwise(x, weight, bias, attr, scalars, algorithm)`` this module calls.
+ONEDNN_TORCH = ((2, 1), (3, 0))
 
 
 def _customised(module: Any) -> bool:
@@ -113,9 +127,9 @@ def onednn_forward(module: Any, batch_size: int) -> Callable[[Any], Any] | None:
         return None
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in module.parameters()):
         return None
-    mkldnn = torch.ops.mkldnn
-    if not torch.backends.mkldnn.is_available() or not hasattr(mkldnn, "_reorder_linear_weight"):  # type: ignore[no-untyped-call]
+    if not onednn_usable():
         return None
+    mkldnn = torch.ops.mkldnn
     steps: list[Callable[[Any], Any]] = []
     try:
         with torch.inference_mode():
@@ -153,14 +167,141 @@ def _fused_linear(op: Callable[..., Any], weight: Any, bias: Any, attr: str, x: 
     return op(x, weight, bias, attr, [], "")
 
 
+def onednn_usable(version: str | None = None) -> bool:
+    """Whether this torch (or ``version``) is one of :data:`ONEDNN_TORCH` and has oneDNN and its ops."""
+    import torch
+
+    found = re.match(r"(\d+)\.(\d+)", version or torch.__version__)
+    if found is None:
+        return False
+    release = (int(found.group(1)), int(found.group(2)))
+    if not ONEDNN_TORCH[0] <= release < ONEDNN_TORCH[1]:
+        return False
+    mkldnn = torch.ops.mkldnn
+    return bool(
+        torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+        and hasattr(mkldnn, "_reorder_linear_weight")
+        and hasattr(mkldnn, "_linear_pointwise")
+    )
+
+
+def _onednn_linear_class() -> Any:
+    import torch
+    from torch import nn
+
+    class OneDnnLinear(nn.Module):
+        """``nn.Linear`` through oneDNN's kernel with its weight prepacked for the batch size; keeps the
+        layer's ``weight`` and ``bias`` for code that reads them."""
+
+        def __init__(self, layer: nn.Linear, batch_size: int) -> None:
+            super().__init__()
+            self.in_features, self.out_features = layer.in_features, layer.out_features
+            self.weight, self.bias = layer.weight, layer.bias
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), batch_size)
+
+        def forward(self, x: Any) -> Any:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    return OneDnnLinear
+
+
+def onednn_linears(module: Any, batch_size: int) -> Any | None:
+    """A copy of ``module`` (any float32 CPU module) whose ``nn.Linear`` layers (that exact type: a
+    subclass may be read by its owner rather than called) run oneDNN's prepacked kernel; None when it has
+    none, is not float32 on CPU, or this torch is not :func:`onednn_usable`."""
+    import torch
+    from torch import nn
+
+    if not onednn_usable() or any(m.training for m in module.modules()):  # live dropout: no fixed outputs
+        return None
+    params = list(module.parameters())
+    if not params or any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
+        return None
+    if not any(type(m) is nn.Linear for m in module.modules()):
+        return None
+    fast = copy.deepcopy(module)
+    linear = _onednn_linear_class()
+    with torch.inference_mode():
+        for owner in list(fast.modules()):
+            for name, child in list(owner.named_children()):
+                if type(child) is nn.Linear and not _customised(child):
+                    setattr(owner, name, linear(child, batch_size))
+    return fast
+
+
+def _close(found: Any, expected: Any) -> bool:
+    """Outputs equal to float32 rounding: tensors, or tuples, lists and dicts of them."""
+    import torch
+
+    if isinstance(expected, torch.Tensor):
+        return (
+            isinstance(found, torch.Tensor)
+            and found.shape == expected.shape
+            and bool(torch.allclose(found, expected, rtol=ONEDNN_RTOL, atol=ONEDNN_ATOL))
+        )
+    if isinstance(expected, (tuple, list)):
+        return (
+            isinstance(found, (tuple, list))
+            and len(found) == len(expected)
+            and all(_close(a, b) for a, b in zip(found, expected, strict=True))
+        )
+    if isinstance(expected, dict):
+        return (
+            isinstance(found, dict)
+            and found.keys() == expected.keys()
+            and all(_close(found[k], v) for k, v in expected.items())
+        )
+    return False
+
+
+class CheckedForward:
+    """Runs ``fast`` where it gives the module's outputs: on the first batch both run (its first rows at
+    most) and are compared; on a mismatch, or an error of ``fast`` then or later, the module's own ops run
+    from then on, said once in the worker's log."""
+
+    PROBE_ROWS = 257
+
+    def __init__(self, module: Any, fast: Any, name: str) -> None:
+        self.module, self.fast, self.name = module, fast, name
+        self.chosen: Any = None
+
+    def _fall_back(self, why: str) -> Any:
+        log.info("%s: the model's own ops run on CPU (%s)", self.name, why)
+        self.chosen = self.module
+        return self.module
+
+    def __call__(self, x: Any) -> Any:
+        if self.chosen is None:
+            probe = x[: self.PROBE_ROWS]
+            try:
+                found = self.fast(probe)
+            except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
+                return self._fall_back(f"oneDNN's linear kernels failed: {exc}")(x)
+            if not _close(found, self.module(probe)):
+                return self._fall_back("oneDNN's linear kernels differ from its own outputs on a probe")(x)
+            self.chosen = self.fast
+        if self.chosen is self.module:
+            return self.module(x)
+        try:
+            return self.fast(x)
+        except (RuntimeError, NotImplementedError) as exc:
+            return self._fall_back(f"oneDNN's linear kernels failed: {exc}")(x)
+
+
 def cpu_forward(module: Any, kernels: str, batch_size: int) -> tuple[Callable[[Any], Any], bool]:
     """``(forward, row_major)``: how a CPU worker runs ``module``. ``kernels`` ``onednn``: a plain float32
-    MLP through :func:`onednn_forward` (row-major input); ``torch``, or where oneDNN does not apply: a
-    plain MLP through :func:`sequential_forward`, bitwise the module's outputs; any other module as is."""
+    MLP through :func:`onednn_forward`, any other float32 module with linear layers through
+    :func:`onednn_linears` checked by :class:`CheckedForward` (both on row-major input); ``torch``, or where
+    oneDNN does not apply: a plain MLP through :func:`sequential_forward`, bitwise the module's outputs; any
+    other module as is."""
     if kernels == "onednn":
         fast = onednn_forward(module, batch_size)
         if fast is not None:
             return fast, True
+        if _plain_layers(module) is None:
+            swapped = onednn_linears(module, batch_size)
+            if swapped is not None:
+                return CheckedForward(module, swapped, type(module).__name__), True
     elif kernels != "torch":
         raise ValueError(f"expected model.cpu_kernels onednn or torch, found {kernels!r}")
     return sequential_forward(module) or module, False
