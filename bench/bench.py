@@ -224,15 +224,27 @@ def register_once(tracking_uri: str, name: str, build: Callable[[], Any], signat
     return f"models:/{name}/{info.registered_model_version}"
 
 
-def ensure_model(tracking_uri: str, n_features: int) -> str:
-    """Register the MLP 32-128-64-1 once; returns its pinned models:/ URI."""
+def tabular_model(name: str) -> Callable[[int], Any]:
+    """The tabular workload's model builder by ``--model`` name (``mlp``: the plain bench MLP)."""
+    import architectures
+
+    return {
+        "mlp": build_mlp,
+        "layernorm_gelu": architectures.layernorm_gelu,
+        "residual": architectures.residual,
+    }[name]
+
+
+def ensure_model(tracking_uri: str, n_features: int, model: str = "mlp") -> str:
+    """Register the tabular model (``--model``; the MLP 32-128-64-1 by default) once; its pinned URI."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     signature = ModelSignature(
         Schema([ColSpec("double", f) for f in features(n_features)]), Schema([ColSpec("double", "score")])
     )
-    return register_once(tracking_uri, MODEL, lambda: build_mlp(n_features), signature)
+    name = MODEL if model == "mlp" else f"{MODEL}_{model}{n_features}"
+    return register_once(tracking_uri, name, lambda: tabular_model(model)(n_features), signature)
 
 
 def build_heavy_mlp(dim: int) -> Any:
@@ -240,8 +252,16 @@ def build_heavy_mlp(dim: int) -> Any:
     return mlp((dim, 1024, 1024, 1), seed=1)
 
 
-def ensure_heavy_model(tracking_uri: str, dim: int) -> str:
-    """Register the heavy MLP with a tensor signature (one float32 input of shape (-1, dim)) once."""
+def embeddings_model(name: str) -> Callable[[int], Any]:
+    """The embeddings workload's model builder by ``--emb-model`` name."""
+    import architectures
+
+    return {"heavy_mlp": build_heavy_mlp, "encoder": architectures.encoder}[name]
+
+
+def ensure_heavy_model(tracking_uri: str, dim: int, model: str = "heavy_mlp") -> str:
+    """Register the embeddings model (``--emb-model``) with a tensor signature (one float32 input of shape
+    (-1, dim)) once."""
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
@@ -250,7 +270,8 @@ def ensure_heavy_model(tracking_uri: str, dim: int) -> str:
         Schema([TensorSpec(np.dtype("float32"), (-1, dim))]),
         Schema([TensorSpec(np.dtype("float32"), (-1, 1))]),
     )
-    return register_once(tracking_uri, f"{MODEL}_heavy{dim}", lambda: build_heavy_mlp(dim), signature)
+    name = f"{MODEL}_heavy{dim}" if model == "heavy_mlp" else f"{MODEL}_{model}{dim}"
+    return register_once(tracking_uri, name, lambda: embeddings_model(model)(dim), signature)
 
 
 def ensure_embeddings(spark: Any, path: str, rows: int, dim: int, files: int) -> None:
@@ -477,6 +498,10 @@ def main() -> int:
     )
     parser.add_argument("--emb-rows", type=int, default=200_000, help="embeddings workload rows (0: skip)")
     parser.add_argument("--emb-dim", type=int, default=768)
+    parser.add_argument(
+        "--model", choices=("mlp", "layernorm_gelu", "residual"), default="mlp", help="the tabular model"
+    )
+    parser.add_argument("--emb-model", choices=("heavy_mlp", "encoder"), default="heavy_mlp")
     parser.add_argument("--emb-batch-size", type=int, default=1024)
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark conf")
@@ -515,7 +540,7 @@ def main() -> int:
             "features": args.features,
             "batch_size": args.batch_size,
             "cpu_kernels": args.cpu_kernels,
-            "model": f"MLP {args.features}-128-64-1",
+            "model": f"MLP {args.features}-128-64-1" if args.model == "mlp" else args.model,
             "command": " ".join(sys.argv),
         },
     }
@@ -526,7 +551,9 @@ def main() -> int:
         flush=True,
     )
     print(
-        f"tabular workload: {args.rows:,} rows x {args.features} doubles, batch {args.batch_size}", flush=True
+        f"tabular workload: {args.rows:,} rows x {args.features} doubles, {args.model}, "
+        f"batch {args.batch_size}",
+        flush=True,
     )
     tab = tabular(spark, args, paths)
     report["paths"] = tab.paths
@@ -536,7 +563,7 @@ def main() -> int:
     if args.emb_rows > 0:
         print(
             f"embeddings workload: {args.emb_rows:,} rows x {args.emb_dim} floats (array column), "
-            f"MLP {args.emb_dim}-1024-1024-1, batch {args.emb_batch_size}",
+            f"{args.emb_model}, batch {args.emb_batch_size}",
             flush=True,
         )
         emb = embeddings(spark, args)
@@ -544,7 +571,7 @@ def main() -> int:
             "rows": args.emb_rows,
             "dim": args.emb_dim,
             "batch_size": args.emb_batch_size,
-            "model": f"MLP {args.emb_dim}-1024-1024-1",
+            "model": f"MLP {args.emb_dim}-1024-1024-1" if args.emb_model == "heavy_mlp" else args.emb_model,
             "paths": emb.paths,
         }
     report["targets"] = targets(report)
@@ -799,7 +826,7 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
     input_path = str(home / "bench" / f"input_{args.rows}")
     ensure_input(spark, input_path, args.rows, args.files, args.features)
     tracking = default_tracking_uri(home)
-    model_uri = ensure_model(tracking, args.features)
+    model_uri = ensure_model(tracking, args.features, args.model)
     cols = features(args.features)
     cfg = job_config("tabular", model_uri, input_path, args.batch_size, args.prefetch)
     df = spark.read.format("delta").load(input_path).where(f"ds = '{DS}'")
@@ -847,7 +874,7 @@ def tabular(spark: Any, args: Any, paths: list[str]) -> Results:
         warmups[JVM_DELTA] = runners[JVM_DELTA]
     if "torch" in paths:
         runners[RAW_TORCH] = raw_torch(
-            results, build_mlp(args.features), args.features, args.batch_size, 4_000_000
+            results, tabular_model(args.model)(args.features), args.features, args.batch_size, 4_000_000
         )
     outputs = interleaved(results, runners, warmups)
     if OURS in outputs:
@@ -1001,7 +1028,7 @@ def embeddings(spark: Any, args: Any) -> Results:
     input_path = str(home / "bench" / f"emb_{rows}_{dim}")
     ensure_embeddings(spark, input_path, rows, dim, files=8)
     tracking = default_tracking_uri(home)
-    model_uri = ensure_heavy_model(tracking, dim)
+    model_uri = ensure_heavy_model(tracking, dim, args.emb_model)
     cfg = job_config("embeddings", model_uri, input_path, batch, args.prefetch, feature_columns=["embedding"])
     df = spark.read.format("delta").load(input_path).where(f"ds = '{DS}'")
     results = Results(rows)
@@ -1013,7 +1040,7 @@ def embeddings(spark: Any, args: Any) -> Results:
             anchor("predict_batch_udf"): lambda: noop(
                 predict_batch_scores(df, model_uri, tracking, F.col("embedding"), width=dim, batch_size=batch)
             ),
-            RAW_TORCH: raw_torch(results, build_heavy_mlp(dim), dim, batch, 50_000),
+            RAW_TORCH: raw_torch(results, embeddings_model(args.emb_model)(dim), dim, batch, 50_000),
         },
     )
     results.table(OURS)
