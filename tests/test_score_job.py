@@ -184,6 +184,7 @@ def test_run_logs_params_and_metrics_to_mlflow(
     assert 0 < metrics["model_call_p50_ms"] <= metrics["model_call_p99_ms"]
     # The scoring window (first scored batch to last) is part of the run, the rest its fixed cost.
     assert 0 < metrics["scoring_window_s"] < metrics["duration_s"]
+    assert 0 <= metrics["model_load_s"] < metrics["duration_s"]  # 0 where the workers had it resident
     for stage in ("decode", "compute", "encode"):
         assert metrics[f"{stage}_total_s"] > 0
         assert metrics[f"{stage}_mean_ms"] > 0

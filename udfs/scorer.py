@@ -111,6 +111,7 @@ def make_arrow_scorer(ref: ModelRef, plan: ScoringPlan) -> ArrowScorer:
         first = next(non_empty, None)
         if first is None:  # an empty partition never loads the model, and has no row to send stats on
             return
+        setup = time.perf_counter()
         choice, addresses = task_device(plan)
         if plan.pair is not None:  # shadow mode: both models resident, each batch scored by both
             (first_ref, first_plan), (second_ref, second_plan) = plan.pair
@@ -120,6 +121,8 @@ def make_arrow_scorer(ref: ModelRef, plan: ScoringPlan) -> ArrowScorer:
             )
         else:
             predictor = task_predictor(ref, plan, choice.device, stats)
+        if model_cache.load_count() > loads_before:  # this task loaded the model (torch import included)
+            stats["load_s"] = time.perf_counter() - setup
         stats["device_by_worker"][worker] = choice.device
         stats["gpu_addresses_by_worker"][worker] = list(addresses)
         started = time.perf_counter()  # scoring only: a first task's model load is not per-row cost

@@ -55,6 +55,7 @@ def empty_stats() -> dict[str, Any]:
         # from the job's fixed costs (session, snapshot, worker start, model load, commit).
         "first_at": 0.0,
         "last_at": 0.0,
+        "load_s": 0.0,  # the longest model load of a task (device choice and torch's import included)
         "stage_s": dict.fromkeys(STAGES, 0.0),
         "latency_hist": [0] * N_BUCKETS,
         "call_hist": [0] * N_BUCKETS,
@@ -108,6 +109,7 @@ def merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     firsts = [t for t in (into["first_at"], other.get("first_at", 0.0)) if t]
     into["first_at"] = min(firsts) if firsts else 0.0
     into["last_at"] = max(into["last_at"], other.get("last_at", 0.0))
+    into["load_s"] = max(into["load_s"], other.get("load_s", 0.0))
     into["requests"] += other.get("requests", 0)
     into["server_batches"] += other.get("server_batches", 0.0)
     for server, facts in other.get("servers", {}).items():
@@ -155,6 +157,7 @@ def summary_metrics(stats: dict[str, Any]) -> dict[str, float]:
         "model_call_p99_ms": latency_percentile_ms(stats, 0.99, "call_hist"),
         "task_total_s": stats["task_s"],
         "task_us_per_row": stats["task_s"] * 1e6 / max(stats["rows"], 1),
+        "model_load_s": stats["load_s"],
         "scoring_window_s": max(0.0, stats["last_at"] - stats["first_at"]) if stats["first_at"] else 0.0,
     }
     for stage in STAGES:
