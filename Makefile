@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export BATCHSCORE_HOME ?= $(CURDIR)/.batchscore
 
-.PHONY: setup demo test lint typecheck pytest bench bench-quick bench-memory lock clean airflow-nightly docs
+.PHONY: setup demo test lint typecheck pytest bench bench-quick bench-memory bench-cold bench-sharing lock clean airflow-nightly docs
 
 # Virtualenv with the exact versions of constraints.txt (pip's cache is reused between machines' runs).
 $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
@@ -60,6 +60,15 @@ bench-quick: setup
 # this machine lets us make memory cgroups).
 bench-memory: setup
 	$(PY) bench/worker_memory.py
+
+# The cold nightly job: a new process per run, ours against a cold spark_udf job and our warm job.
+bench-cold: setup
+	$(PY) bench/cold_job.py
+
+# model.sharing: worker against executor on CPU, and the model server's transport.
+bench-sharing: setup
+	$(PY) bench/model_sharing.py --model encoder
+	$(PY) bench/model_transport.py
 
 # docs/configuration.md from the config models (a test checks it is current).
 docs: $(VENV)/.installed
