@@ -23,28 +23,20 @@ from batchscore.udfs.model_wire import (
 )
 from batchscore.udfs.predictors import TorchPredictor
 from batchscore.udfs.spec import ModelRef, OutputField, ScoringPlan, Sharing
+from tests.test_runtime import FlakyOnLargeBatches
 
-WIDTH = 4
+WIDTH = 2  # FlakyOnLargeBatches' linear model
 
 
-class Picky(torch.nn.Module):
-    """A linear model that raises a real ``torch.OutOfMemoryError`` above ``limit`` rows, as a GPU would,
-    and a ``ValueError`` on any batch holding a NaN; records the rows of every call."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.inner = torch.nn.Linear(WIDTH, 1)
-        self.limit = limit
-        self.sizes: list[int] = []
+class Picky(FlakyOnLargeBatches):
+    """``FlakyOnLargeBatches`` (a real ``torch.OutOfMemoryError`` above ``limit`` rows, the rows of every
+    call recorded) that also raises a ``ValueError`` on any batch holding a NaN."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sizes.append(x.shape[0])
-        if x.shape[0] > self.limit:
-            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate for {x.shape[0]} rows")
-        if torch.isnan(x).any():
+        if x.shape[0] <= self.limit and torch.isnan(x).any():
+            self.sizes.append(x.shape[0])
             raise ValueError("a NaN feature")
-        return self.inner(x)
+        return super().forward(x)
 
 
 def _server(module: Picky, max_batch: int, delay_ms: float) -> tuple[ModelServer, str]:
